@@ -1,0 +1,1 @@
+"""Pydantic models shared by the sidecar, its plugins and its clients."""

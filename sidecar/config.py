@@ -1,0 +1,74 @@
+"""Every setting in one place: environment variables (prefix SIDECAR_), then CLI flags over them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid", validate_default=True)
+
+    music_dir: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="music roots to watch; several are separated by ':' in SIDECAR_MUSIC_DIR",
+    )
+    data_dir: Path = Field(default=Path("data"), description="catalog, event log, Milvus Lite file, model weights")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+
+    bus: Literal["embedded", "kafka"] = Field(default="embedded", description="embedded durable log, or Kafka")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic: str = "sidecar.library"
+    kafka_dead_letter_topic: str = "sidecar.library.dead"
+    kafka_group: str = "sidecar-ingest"
+
+    milvus_uri: str = Field(default="", description="Milvus server URI; empty: a Milvus Lite file in the data dir")
+    milvus_token: str = Field(default="", repr=False)
+
+    embedders: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["musicnn", "dsp"])
+    ingest_workers: int = Field(default=2, ge=1, le=64, description="tracks analysed at once")
+    torch_threads: int = Field(default=1, ge=1, le=64, description="intra-op threads per analysis")
+    debounce_s: float = Field(default=1.0, ge=0, le=60, description="a file must stay unchanged this long")
+    reconcile_interval_s: float = Field(default=3600, ge=0, description="periodic reconcile walk; 0 disables")
+    audio_extensions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav", ".m4a", ".aiff", ".aif"]
+    )
+
+    @field_validator("music_dir", mode="before")
+    @classmethod
+    def _split_dirs(cls, v):
+        if isinstance(v, (str, Path)):
+            v = [p for p in str(v).split(os.pathsep) if p]
+        return [Path(p).expanduser().resolve() for p in v]
+
+    @field_validator("embedders", "audio_extensions", mode="before")
+    @classmethod
+    def _split_list(cls, v):
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("data_dir")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite3"
+
+    @property
+    def event_log_path(self) -> Path:
+        return self.data_dir / "events.sqlite3"
+
+    @property
+    def milvus_target(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "milvus.db")

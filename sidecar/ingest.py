@@ -1,0 +1,343 @@
+"""The ingest worker: consumes library events, embeds what changed, stores vectors, then commits.
+
+Order of work for one upserted file: stat (skip if unchanged) -> decode once (content hash, tags) ->
+attach to a track in the catalog -> run only the models whose result is missing or stale -> upsert the
+vectors -> record the result in the catalog. The event's offset is committed only after all of that, so a
+crash anywhere makes the event come back, and the upserts keyed by track id leave one row per model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from pydantic import ValidationError
+
+from schemas.events import (
+    LibraryEvent, ReplayRequested, ScanCompleted, TrackMoved, TrackRemoved, TrackUpserted, decode_event,
+)
+from sidecar import metrics
+from sidecar.audio import DecodedAudio, DecodeError, decode
+from sidecar.bus import Consumer, Delivery, EventBus
+from sidecar.catalog import Catalog
+from sidecar.plugins import LoadedEmbedders
+from sidecar.store import VectorStore
+
+log = logging.getLogger(__name__)
+RETRIES = 3  # for unexpected errors (a store that is briefly away); then the event goes to the dead letters
+
+
+class Rejected(Exception):
+    """An event that is valid JSON but must not be acted on (e.g. a path outside the music roots)."""
+
+
+@dataclass
+class Force:
+    """Models to re-embed even if current, unless re-embedded after `before` (a replay's start time)."""
+
+    models: tuple[str, ...] = ()
+    before: float = 0.0
+
+
+@dataclass
+class IngestStats:
+    processed: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    current: str | None = None
+    last_event_at: float | None = None
+
+
+@dataclass
+class _Offsets:
+    """Which offsets may be committed: everything below the lowest one still in flight, per partition."""
+
+    in_flight: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    next: dict[int, int] = field(default_factory=dict)
+    committed: dict[int, int] = field(default_factory=dict)
+
+    def start(self, d: Delivery) -> None:
+        self.in_flight[d.partition].add(d.offset)
+        self.next[d.partition] = max(self.next.get(d.partition, 0), d.offset + 1)
+
+    def finish(self, d: Delivery) -> None:
+        self.in_flight[d.partition].discard(d.offset)
+
+    def to_commit(self) -> dict[int, int]:
+        out = {}
+        for p, nxt in self.next.items():
+            upto = min(self.in_flight[p]) if self.in_flight[p] else nxt
+            if self.committed.get(p) != upto:
+                out[p] = upto
+        return out
+
+
+class IngestWorker:
+    def __init__(
+        self, bus: EventBus, catalog: Catalog, store: VectorStore, embedders: LoadedEmbedders, roots: list[Path], *,
+        concurrency: int = 2, reconcile: Callable[[list[Path]], Awaitable[int]] | None = None,
+    ):
+        self.bus, self.catalog, self.store, self.embedders = bus, catalog, store, embedders
+        self.roots = [Path(r) for r in roots]
+        self.concurrency = concurrency
+        self.reconcile = reconcile
+        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest")
+        self.stats = IngestStats()
+        self._replays: dict[str, asyncio.Task] = {}
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # ---- consuming
+    async def consume(
+        self, consumer: Consumer, stop: asyncio.Event, *, force: Force = Force(), until_caught_up: bool = False,
+        idle: asyncio.Event | None = None, on_progress: Callable[[IngestStats], None] | None = None,
+    ) -> None:
+        """Process deliveries, up to `concurrency` at once; one key's events stay in order. `idle` is set
+        while nothing is in flight and the group has no lag."""
+        offsets = _Offsets()
+        tasks: set[asyncio.Task] = set()
+        last_of_key: dict[bytes | None, asyncio.Task] = {}
+        limit = self.concurrency * 2  # one decoding while another runs the models
+
+        async def commit() -> None:
+            todo = offsets.to_commit()
+            if todo:
+                await consumer.commit(todo)
+                offsets.committed.update(todo)
+
+        while not stop.is_set():
+            if len(tasks) >= limit:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                await commit()
+                continue
+            batch = await consumer.getmany(timeout_s=0.2, max_records=limit - len(tasks))
+            for d in batch:
+                offsets.start(d)
+                task = asyncio.create_task(self._process(d, last_of_key.get(d.key), force))
+                last_of_key[d.key] = task
+                tasks.add(task)
+
+                def done(t: asyncio.Task, d: Delivery = d) -> None:
+                    offsets.finish(d)
+                    tasks.discard(t)
+                    if last_of_key.get(d.key) is t:
+                        del last_of_key[d.key]
+                    if on_progress:
+                        on_progress(self.stats)
+
+                task.add_done_callback(done)
+            await commit()
+            if batch or tasks:
+                if idle is not None:
+                    idle.clear()
+            elif await consumer.lag() == 0:
+                if idle is not None:
+                    idle.set()
+                if until_caught_up:
+                    break
+        if tasks:  # a graceful stop finishes what it started, so the commit covers it
+            await asyncio.wait(tasks)
+        await commit()
+
+    async def _process(self, d: Delivery, previous: asyncio.Task | None, force: Force) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            event = decode_event(d.value)
+        except ValidationError as e:
+            metrics.MALFORMED.inc()
+            await self.bus.dead_letter(d, f"invalid event: {_short(e)}")
+            return
+        metrics.EVENTS.labels(event.type).inc()
+        self.stats.last_event_at = time.time()
+        metrics.IN_FLIGHT.inc()
+        try:
+            for attempt in range(RETRIES + 1):
+                try:
+                    await self.handle(event, force)
+                    break
+                except Rejected as e:
+                    await self.bus.dead_letter(d, str(e))
+                    break
+                except Exception as e:  # unexpected: maybe transient (store briefly away); retry, then dead-letter
+                    if attempt == RETRIES:
+                        log.exception("event %s failed after %d attempts", event.event_id, RETRIES + 1)
+                        metrics.FAILURES.labels("internal").inc()
+                        self.stats.failed += 1
+                        await self.bus.dead_letter(d, f"internal error: {type(e).__name__}: {e}")
+                    else:
+                        log.warning("event %s failed (%s); retrying", event.event_id, e)
+                        await asyncio.sleep(0.5 * 2**attempt)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            self.stats.processed += 1
+
+    # ---- handling one event
+    async def handle(self, event: LibraryEvent, force: Force = Force()) -> None:
+        if isinstance(event, TrackUpserted):
+            await self._upsert(self._confined(event.path), force)
+        elif isinstance(event, TrackRemoved):
+            await self._remove(str(self._confined(event.path)))
+        elif isinstance(event, TrackMoved):
+            await self._move(self._confined(event.src_path), event.dest_path, force)
+        elif isinstance(event, ScanCompleted):
+            roots = [self._confined(r) for r in event.roots] or self.roots
+            if self.reconcile is not None:
+                await self.reconcile(roots)
+        elif isinstance(event, ReplayRequested):
+            if not force.models and force.before == 0.0:  # a replay does not start replays of itself
+                self.start_replay(event)
+
+    def _confined(self, path: str) -> Path:
+        """Only files under the music roots are touched, whoever sent the event."""
+        p = Path(path)
+        if not p.is_absolute() or ".." in p.parts or not any(p.is_relative_to(r) for r in self.roots):
+            raise Rejected(f"path is outside the music roots: {path}")
+        return p
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _upsert(self, path: Path, force: Force) -> None:
+        key = str(path)
+        versions = self.embedders.versions
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            metrics.SKIPPED.labels("missing").inc()  # deleted since; its removal event follows
+            return
+        force_kw = {"force": force.models, "force_before": force.before}
+        if self.catalog.is_current(key, st.st_size, st.st_mtime_ns, versions, **force_kw) or (
+            self.catalog.failed_unchanged(key, st.st_size, st.st_mtime_ns) and not force.models
+        ):
+            metrics.SKIPPED.labels("unchanged").inc()
+            self.stats.skipped += 1
+            return
+        self.stats.current = key
+        t0 = time.perf_counter()
+        try:
+            audio: DecodedAudio = await self._run(decode, path)
+        except FileNotFoundError:
+            metrics.SKIPPED.labels("missing").inc()
+            return
+        except DecodeError as e:
+            log.warning("cannot decode %s: %s", path, e)
+            self.catalog.record_failure(key, st.st_size, st.st_mtime_ns, str(e))
+            metrics.FAILURES.labels("decode").inc()
+            self.stats.failed += 1
+            return
+        metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
+        tags = audio.tags
+        info = {
+            "duration_s": round(audio.duration_s, 3), "sample_rate": audio.sample_rate, "channels": audio.channels,
+            "title": tags.get("title") or path.stem, "artist": tags.get("artist"),
+            "album": tags.get("album") or path.parent.name, "genre": tags.get("genre"), "year": tags.get("date"),
+        }
+        track_id, orphan = self.catalog.resolve_track(key, audio.content_hash, st.st_size, st.st_mtime_ns, info)
+        if orphan:
+            await self._delete_track(orphan)
+        todo = self.catalog.models_to_run(track_id, audio.content_hash, versions, **force_kw)
+        if not todo:
+            metrics.SKIPPED.labels("same_audio").inc()  # a tag edit, a move the watcher missed, a duplicate
+            self.stats.skipped += 1
+            return
+        results = await self._run(self._embed, audio, todo)
+        for model, (result, seconds, error) in results.items():
+            emb = self.embedders.ready[model]
+            if error is not None:
+                log.warning("%s failed on %s: %s", model, path, error)
+                self.catalog.record_embedding(track_id, model, emb.version, audio.content_hash, error=error, seconds=seconds)
+                metrics.FAILURES.labels(model).inc()
+                continue
+            t0 = time.perf_counter()
+            await asyncio.to_thread(self.store.upsert, model, [(track_id, result.vector, audio.content_hash)])
+            metrics.STAGE_SECONDS.labels("store").observe(time.perf_counter() - t0)
+            self.catalog.record_embedding(
+                track_id, model, emb.version, audio.content_hash, tags=result.tags, features=result.features, seconds=seconds
+            )
+            metrics.EMBEDDED.labels(model).inc()
+        self.stats.embedded += 1
+
+    def _embed(self, audio: DecodedAudio, models: list[str]) -> dict[str, tuple]:
+        """Runs in a worker thread: each model on the audio at its own rate. One model failing spares the rest."""
+        out = {}
+        for model in models:
+            emb = self.embedders.ready[model]
+            t0 = time.perf_counter()
+            try:
+                result, error = emb.embed(audio.at(emb.sample_rate)), None
+            except Exception as e:  # a model error is recorded against this track, not raised
+                result, error = None, f"{type(e).__name__}: {e}"
+            seconds = time.perf_counter() - t0
+            metrics.STAGE_SECONDS.labels(model).observe(seconds)
+            out[model] = (result, seconds, error)
+        return out
+
+    async def _remove(self, path: str) -> None:
+        orphan = self.catalog.remove_file(path)
+        if orphan:
+            await self._delete_track(orphan)
+
+    async def _delete_track(self, track_id: str) -> None:
+        """Vectors first, then the catalog row: a crash between them is repaired by the event coming back."""
+        for model in self.catalog.embedded_models(track_id):
+            if model in self.embedders.ready:
+                await asyncio.to_thread(self.store.delete, model, [track_id])
+        self.catalog.delete_track(track_id)
+
+    async def _move(self, src: Path, dest: str, force: Force) -> None:
+        try:
+            dest_path = self._confined(dest)
+        except Rejected:  # moved out of the library: a removal
+            await self._remove(str(src))
+            return
+        try:
+            st = dest_path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except FileNotFoundError:
+            size = mtime = None
+        if self.catalog.move_file(str(src), str(dest_path), size, mtime) is None or size is None:
+            await self._upsert(dest_path, force)  # unknown source: treat the destination as new
+
+    # ---- replay: the library's events consumed again from the start by a new consumer group
+    def start_replay(self, event: ReplayRequested) -> None:
+        replay = self.catalog.start_replay(event.event_id, f"replay-{event.event_id[:12]}", event.models)
+        if replay["status"] == "running" and event.event_id not in self._replays:
+            self._replays[event.event_id] = asyncio.create_task(self._replay(replay))
+
+    def resume_replays(self) -> None:
+        for replay in self.catalog.replays("running"):
+            if replay["replay_id"] not in self._replays:
+                self._replays[replay["replay_id"]] = asyncio.create_task(self._replay(replay))
+
+    async def _replay(self, replay: dict) -> None:
+        force = Force(tuple(replay["models"]), replay["started_at"])
+        stop = asyncio.Event()
+        log.info("replay %s started (models: %s)", replay["replay_id"], ", ".join(force.models) or "none forced")
+        async with self.bus.consumer(replay["consumer_group"], from_beginning=True) as consumer:
+            await self.consume(consumer, stop, force=force, until_caught_up=True)
+        self.catalog.finish_replay(replay["replay_id"])
+        log.info("replay %s finished", replay["replay_id"])
+
+    async def wait_replays(self) -> None:
+        if self._replays:
+            await asyncio.gather(*self._replays.values(), return_exceptions=True)
+
+    async def cancel_replays(self) -> None:
+        for task in self._replays.values():
+            task.cancel()
+        await self.wait_replays()
+
+
+def _short(e: ValidationError) -> str:
+    errs = e.errors()
+    first = errs[0] if errs else {}
+    where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+    return f"{where}: {first.get('msg', str(e))}" + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else "")

@@ -1,0 +1,183 @@
+"""The sidecar put together: catalog, vector store, bus, embedders, ingest worker, sources and HTTP API."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from schemas.events import ReplayRequested
+from sidecar.bus import EventBus
+from sidecar.bus import make_bus
+from sidecar.catalog import Catalog
+from sidecar.config import Settings
+from sidecar.ingest import IngestWorker
+from sidecar.plugins import LoadedEmbedders, load_embedders
+from sidecar.sources import FolderWatcher, Reconciler
+from sidecar.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+
+class SidecarError(RuntimeError):
+    """A start-up problem the user must fix; the message says what."""
+
+
+class Sidecar:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.roots = list(settings.music_dir)
+        self.catalog: Catalog | None = None
+        self.store: VectorStore | None = None
+        self.bus: EventBus | None = None
+        self.embedders = LoadedEmbedders()
+        self.worker: IngestWorker | None = None
+        self.reconciler: Reconciler | None = None
+        self.watcher: FolderWatcher | None = None
+        self.idle = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._http: web.AppRunner | None = None
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.embedders.ready))
+
+    async def open(self) -> None:
+        """Open the stores, load the models and connect the bus; start nothing yet."""
+        s = self.settings
+        for root in self.roots:
+            if not root.is_dir():
+                raise SidecarError(f"music folder {root} does not exist or is not a folder")
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        import torch
+
+        torch.set_num_threads(s.torch_threads)
+        self.catalog = Catalog(s.catalog_path)
+        self.embedders = await asyncio.to_thread(load_embedders, s.embedders, s.models_dir)
+        for name, why in self.embedders.unavailable.items():
+            log.error("embedder %s is unavailable: %s", name, why)
+        if not self.embedders.ready:
+            raise SidecarError("no embedder could be loaded: " + "; ".join(f"{k}: {v}" for k, v in self.embedders.unavailable.items()))
+        try:
+            self.store = await asyncio.to_thread(VectorStore, s.milvus_target, s.milvus_token)
+            for name, emb in self.embedders.ready.items():
+                await asyncio.to_thread(self.store.ensure_collection, name, emb.dim)
+        except Exception as e:
+            raise SidecarError(str(e)) from None
+        self.bus = make_bus(s)
+        try:
+            await self.bus.start()
+        except Exception as e:
+            raise SidecarError(f"cannot connect the event bus ({s.bus}): {e}") from None
+        self.reconciler = Reconciler(self.bus, self.catalog, s.audio_extensions)
+        self.worker = IngestWorker(
+            self.bus, self.catalog, self.store, self.embedders, self.roots,
+            concurrency=s.ingest_workers, reconcile=self.reconciler.run,
+        )
+
+    async def start(self, *, http: bool = True, watch: bool = True) -> None:
+        """Run everything: watcher, start-up reconcile, ingest consumer, periodic reconcile, HTTP."""
+        await self.open()
+        s = self.settings
+        if watch and self.roots:
+            self.watcher = FolderWatcher(self.bus, self.reconciler, self.roots, s.debounce_s)
+            await self.watcher.start()
+        self._tasks.append(asyncio.create_task(self._consume(), name="ingest"))
+        if self.roots:
+            self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+        self.worker.resume_replays()
+        if http:
+            from sidecar.api import make_app
+
+            self._http = web.AppRunner(make_app(self), access_log=None)
+            await self._http.setup()
+            site = web.TCPSite(self._http, s.host, s.port)
+            try:
+                await site.start()
+            except OSError as e:
+                await self.close()
+                raise SidecarError(f"cannot listen on {s.host}:{s.port}: {e.strerror}") from None
+            log.info("serving on http://%s:%d", s.host, s.port)
+
+    async def _consume(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.bus.consumer(self.settings.kafka_group) as consumer:
+                    await self.worker.consume(consumer, self._stop, idle=self.idle)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker went away: wait and reconnect; uncommitted events come back
+                log.exception("ingest consumer failed; reconnecting in 2 s")
+                await asyncio.sleep(2)
+
+    async def _reconcile_loop(self) -> None:
+        interval = self.settings.reconcile_interval_s
+        while True:
+            try:
+                await self.reconciler.run(self.roots)
+            except Exception:
+                log.exception("reconcile failed")
+            if not interval:
+                return
+            await asyncio.sleep(interval)
+
+    async def request_replay(self, models: list[str]) -> ReplayRequested:
+        event = ReplayRequested(models=models, source="operator")
+        await self.bus.publish(event)
+        return event
+
+    async def wait_idle(self, timeout: float) -> None:
+        await asyncio.wait_for(self.idle.wait(), timeout)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            await self._http.cleanup()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.worker is not None:
+            await self.worker.cancel_replays()
+        for t in self._tasks:
+            if t.get_name() == "ingest":  # let it finish in-flight events and commit
+                try:
+                    await asyncio.wait_for(t, 30)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
+            else:
+                t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.worker is not None:
+            self.worker.close()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.store is not None:
+            self.store.close()
+        if self.catalog is not None:
+            self.catalog.close()
+
+
+async def run_forever(settings: Settings) -> None:
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await sidecar.close()
+
+
+def demo_music_dir(data_dir: Path) -> Path:
+    """The demo library's folder, fetched if needed (used when no music folder is configured)."""
+    from sidecar.demo import fetch_demo_library
+
+    root = data_dir / "demo-music"
+    fetch_demo_library(root)
+    return root

@@ -1,0 +1,157 @@
+"""Where library events come from: the reconcile walk and the folder watcher. (Kafka producers publish
+straight onto the bus; the Navidrome webhook and `sidecar replay` publish through the service.)"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from schemas.events import LibraryEvent, TrackMoved, TrackRemoved, TrackUpserted
+from sidecar.bus import EventBus
+from sidecar.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+async def publish_all(bus: EventBus, events: list[LibraryEvent]) -> int:
+    sent = 0
+    for event in events:
+        try:
+            await bus.publish(event)
+            sent += 1
+        except UnicodeEncodeError:  # a file name that is not valid UTF-8 cannot travel as JSON
+            log.warning("skipped a file whose name is not valid UTF-8: %r", getattr(event, "path", event))
+    return sent
+
+
+class Reconciler:
+    """Walks the music roots and emits events only for what changed since the catalog last saw it:
+    upserts for new or modified files, then removals for files that are gone (upserts first, so that a
+    file moved while the sidecar was down finds its track by content before the old path is removed)."""
+
+    def __init__(self, bus: EventBus, catalog: Catalog, extensions: list[str]):
+        self.bus, self.catalog = bus, catalog
+        self.extensions = {e.lower() for e in extensions}
+
+    def is_audio(self, path: str | Path) -> bool:
+        return os.path.splitext(str(path))[1].lower() in self.extensions
+
+    def changes(self, roots: list[Path]) -> list[LibraryEvent]:
+        upserts: list[LibraryEvent] = []
+        removals: list[LibraryEvent] = []
+        for root in roots:
+            known = self.catalog.files_under(str(root))
+            seen: set[str] = set()
+            for dirpath, _dirs, files in os.walk(root):  # followlinks=False: a symlink loop cannot trap the walk
+                for name in files:
+                    if not self.is_audio(name):
+                        continue
+                    path = os.path.join(dirpath, name)
+                    try:
+                        st = os.stat(path)
+                    except OSError:  # vanished, or a dangling link
+                        continue
+                    seen.add(path)
+                    if known.get(path) != (st.st_size, st.st_mtime_ns):
+                        upserts.append(TrackUpserted(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, source="reconcile"))
+            removals += [TrackRemoved(path=p, source="reconcile") for p in sorted(set(known) - seen)]
+        return upserts + removals
+
+    async def run(self, roots: list[Path]) -> int:
+        events = await asyncio.to_thread(self.changes, roots)
+        sent = await publish_all(self.bus, events)
+        log.info("reconcile of %s: %d change(s)", ", ".join(map(str, roots)), sent)
+        return sent
+
+
+class FolderWatcher:
+    """Watchdog on the music roots. A created or modified file is announced once it has stopped changing for
+    `debounce_s` (a copy in progress is not decoded half-written); deletes and moves go out at once."""
+
+    POLL_S = 0.2
+
+    def __init__(self, bus: EventBus, reconciler: Reconciler, roots: list[Path], debounce_s: float):
+        self.bus, self.reconciler, self.roots, self.debounce_s = bus, reconciler, roots, debounce_s
+        self._pending: dict[str, tuple[float, tuple[int, int] | None]] = {}  # path -> (last change, last stat)
+        self._queue: asyncio.Queue[LibraryEvent | list[Path]] = asyncio.Queue()
+        self._observer = Observer()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:  # watchdog's thread
+                loop.call_soon_threadsafe(watcher._on_event, event)
+
+        for root in self.roots:
+            self._observer.schedule(Handler(), str(root), recursive=True)
+        self._observer.start()
+        self._tasks = [asyncio.create_task(self._settle()), asyncio.create_task(self._send())]
+
+    async def stop(self) -> None:
+        self._observer.stop()
+        await asyncio.to_thread(self._observer.join, 5)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(getattr(event, "dest_path", "") or "")
+        audio = self.reconciler.is_audio
+        if event.is_directory:
+            if event.event_type in ("deleted", "moved"):  # files inside got no events of their own: walk
+                self._queue.put_nowait(self.roots)
+            return
+        if event.event_type in ("created", "modified", "closed"):
+            if audio(src):
+                self._pending[src] = (time.monotonic(), None)
+        elif event.event_type == "deleted":
+            if audio(src):
+                self._pending.pop(src, None)
+                self._queue.put_nowait(TrackRemoved(path=src, source="watcher"))
+        elif event.event_type == "moved":
+            self._pending.pop(src, None)
+            if audio(src) and audio(dest):
+                self._queue.put_nowait(TrackMoved(src_path=src, dest_path=dest, source="watcher"))
+            elif audio(dest):  # e.g. a download renamed from .part: a new file
+                self._pending[dest] = (time.monotonic(), None)
+            elif audio(src):
+                self._queue.put_nowait(TrackRemoved(path=src, source="watcher"))
+
+    async def _settle(self) -> None:
+        while True:
+            await asyncio.sleep(self.POLL_S)
+            now = time.monotonic()
+            for path, (changed_at, last) in list(self._pending.items()):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    self._pending.pop(path, None)
+                    continue
+                current = (st.st_size, st.st_mtime_ns)
+                if current != last:
+                    self._pending[path] = (now if last is not None else changed_at, current)
+                elif now - changed_at >= self.debounce_s:
+                    del self._pending[path]
+                    self._queue.put_nowait(TrackUpserted(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, source="watcher"))
+
+    async def _send(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if isinstance(item, list):
+                    await self.reconciler.run(item)
+                else:
+                    await publish_all(self.bus, [item])
+            except Exception:  # the bus being briefly away must not kill the watcher
+                log.exception("watcher could not publish; will retry")
+                await asyncio.sleep(1)
+                self._queue.put_nowait(item)
