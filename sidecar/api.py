@@ -76,23 +76,15 @@ async def status(request: web.Request) -> web.Response:
             embedders_ready=list(sc.embedders.ready),
             embedders_unavailable=sc.embedders.unavailable,
             bus=sc.settings.bus,
-            bus_lag=await _lag(sc),
+            bus_lag=await sc.lag(),
             ingest={
                 "processed": stats.processed, "embedded": stats.embedded, "skipped": stats.skipped,
                 "failed": stats.failed, "current": stats.current, "last_event_at": stats.last_event_at,
-                "idle": sc.idle.is_set(),
+                "idle": await sc.is_idle(),
             },
             dead_letters=len(await sc.bus.dead_letters(limit=1000)),
         )
     )
-
-
-async def _lag(sc: "Sidecar") -> int:
-    try:
-        async with sc.bus.consumer(sc.settings.kafka_group) as c:
-            return await c.lag()
-    except Exception:
-        return -1
 
 
 async def list_tracks(request: web.Request) -> web.Response:

@@ -35,7 +35,9 @@ class Sidecar:
         self.worker: IngestWorker | None = None
         self.reconciler: Reconciler | None = None
         self.watcher: FolderWatcher | None = None
-        self.idle = asyncio.Event()
+        self.idle = asyncio.Event()  # the ingest consumer has nothing in flight and saw no lag
+        self.reconciled = asyncio.Event()  # the start-up reconcile walk has published its events
+        self.consumer = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._http: web.AppRunner | None = None
@@ -105,6 +107,7 @@ class Sidecar:
         while not self._stop.is_set():
             try:
                 async with self.bus.consumer(self.settings.kafka_group) as consumer:
+                    self.consumer = consumer
                     await self.worker.consume(consumer, self._stop, idle=self.idle)
             except asyncio.CancelledError:
                 raise
@@ -119,6 +122,7 @@ class Sidecar:
                 await self.reconciler.run(self.roots)
             except Exception:
                 log.exception("reconcile failed")
+            self.reconciled.set()
             if not interval:
                 return
             await asyncio.sleep(interval)
@@ -128,8 +132,19 @@ class Sidecar:
         await self.bus.publish(event)
         return event
 
-    async def wait_idle(self, timeout: float) -> None:
-        await asyncio.wait_for(self.idle.wait(), timeout)
+    async def lag(self) -> int:
+        """Events not yet processed by the ingest consumer; -1 while it is (re)connecting."""
+        try:
+            return await self.consumer.lag() if self.consumer is not None else -1
+        except Exception:
+            return -1
+
+    async def is_idle(self) -> bool:
+        """Nothing to do: the start-up walk is done, the watcher holds nothing back, no event waits."""
+        return (
+            self.reconciled.is_set() and self.idle.is_set() and not (self.watcher and self.watcher.busy)
+            and await self.lag() == 0
+        )
 
     async def close(self) -> None:
         self._stop.set()

@@ -30,9 +30,12 @@ async def publish_all(bus: EventBus, events: list[LibraryEvent]) -> int:
 
 
 class Reconciler:
-    """Walks the music roots and emits events only for what changed since the catalog last saw it:
-    upserts for new or modified files, then removals for files that are gone (upserts first, so that a
-    file moved while the sidecar was down finds its track by content before the old path is removed)."""
+    """Walks the music roots and emits events only for what changed since the catalog last saw it.
+
+    A file that vanished while another appeared with the same size and nanosecond mtime was moved (a rename
+    or `mv` keeps both): that becomes one TrackMoved, so its identity follows it and no model runs. Other
+    changes become upserts and removals, upserts first.
+    """
 
     def __init__(self, bus: EventBus, catalog: Catalog, extensions: list[str]):
         self.bus, self.catalog = bus, catalog
@@ -42,25 +45,29 @@ class Reconciler:
         return os.path.splitext(str(path))[1].lower() in self.extensions
 
     def changes(self, roots: list[Path]) -> list[LibraryEvent]:
-        upserts: list[LibraryEvent] = []
-        removals: list[LibraryEvent] = []
+        events: list[LibraryEvent] = []
         for root in roots:
             known = self.catalog.files_under(str(root))
-            seen: set[str] = set()
+            seen: dict[str, tuple[int, int]] = {}
             for dirpath, _dirs, files in os.walk(root):  # followlinks=False: a symlink loop cannot trap the walk
                 for name in files:
-                    if not self.is_audio(name):
-                        continue
-                    path = os.path.join(dirpath, name)
-                    try:
-                        st = os.stat(path)
-                    except OSError:  # vanished, or a dangling link
-                        continue
-                    seen.add(path)
-                    if known.get(path) != (st.st_size, st.st_mtime_ns):
-                        upserts.append(TrackUpserted(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, source="reconcile"))
-            removals += [TrackRemoved(path=p, source="reconcile") for p in sorted(set(known) - seen)]
-        return upserts + removals
+                    if self.is_audio(name):
+                        path = os.path.join(dirpath, name)
+                        try:
+                            st = os.stat(path)
+                        except OSError:  # vanished, or a dangling link
+                            continue
+                        seen[path] = (st.st_size, st.st_mtime_ns)
+            gone = {known[p]: p for p in sorted(set(known) - set(seen))}
+            for path, stat in seen.items():
+                if known.get(path) == stat:
+                    continue
+                if path not in known and (src := gone.pop(stat, None)) is not None:
+                    events.append(TrackMoved(src_path=src, dest_path=path, source="reconcile"))
+                else:
+                    events.append(TrackUpserted(path=path, size=stat[0], mtime_ns=stat[1], source="reconcile"))
+            events += [TrackRemoved(path=p, source="reconcile") for p in sorted(gone.values())]
+        return events
 
     async def run(self, roots: list[Path]) -> int:
         events = await asyncio.to_thread(self.changes, roots)
@@ -81,6 +88,11 @@ class FolderWatcher:
         self._queue: asyncio.Queue[LibraryEvent | list[Path]] = asyncio.Queue()
         self._observer = Observer()
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def busy(self) -> bool:
+        """Files waiting to settle, or events not yet published."""
+        return bool(self._pending) or not self._queue.empty()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

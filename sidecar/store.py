@@ -118,6 +118,7 @@ class VectorStore:
 
     def count(self, model: str) -> int:
         with self._lock:
+            self.client.load_collection(collection_name(model))  # a no-op when loaded; reopened ones are not
             res = self.client.query(collection_name(model), filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
@@ -125,6 +126,7 @@ class VectorStore:
         """Every stored track id, duplicates included (used to check idempotency)."""
         out: list[str] = []
         with self._lock:
+            self.client.load_collection(collection_name(model))
             it = self.client.query_iterator(collection_name(model), batch_size=1000, filter="", output_fields=[ID_FIELD])
             while batch := it.next():
                 out += [r[ID_FIELD] for r in batch]

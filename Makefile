@@ -1,0 +1,26 @@
+# Two entry points (see README): `make run` and `make test`. Everything installs into .venv through
+# constraints.txt, which pins torch to the CPU build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+	$(BIN)/sidecar setup
+
+run: $(STAMP)
+	$(BIN)/sidecar serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) .cache data
