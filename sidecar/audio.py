@@ -78,11 +78,14 @@ def decode(path: Path) -> DecodedAudio:
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        raise DecodeError(f"cannot decode audio: {e}") from None
+        why = str(e).split(": ", 1)[-1] if path.name in str(e) else str(e)
+        if "not a regular file" in why:  # libsndfile says this of an existing file whose format it cannot read
+            why = "not a recognised audio format"
+        raise DecodeError(f"cannot decode audio: {why}") from None
     except (RuntimeError, ValueError, MemoryError) as e:
         raise DecodeError(f"cannot decode audio: {type(e).__name__}: {e}") from None
     if data.size == 0:
-        raise DecodeError("no audio samples")
+        raise DecodeError("cannot decode audio: no samples (a truncated or empty stream)")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].copy()
     if not np.all(np.isfinite(mono)):
         raise DecodeError("audio contains NaN or infinite samples")

@@ -1,0 +1,164 @@
+"""The ingest pipeline in-process on real music and real models: bad files, tag edits, replays, dead letters."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import mutagen
+import pytest
+
+from schemas.events import ReplayRequested, TrackUpserted
+from sidecar import metrics
+from sidecar.config import Settings
+from sidecar.service import Sidecar
+
+pytestmark = pytest.mark.slow
+
+
+async def until_idle(sc: Sidecar, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not await sc.is_idle():
+        assert time.monotonic() < deadline, "ingest did not finish"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def running(tmp_path, models_dir, music_dir):
+    """A started sidecar (no HTTP, no watcher: events come from the start-up walk and the test)."""
+    made: list[Sidecar] = []
+
+    async def start(**overrides) -> Sidecar:
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        if not (data / "models").exists():
+            (data / "models").symlink_to(models_dir)
+        settings = Settings(music_dir=[music_dir], data_dir=data, reconcile_interval_s=0, **overrides)
+        sc = Sidecar(settings)
+        made.append(sc)
+        await sc.start(http=False, watch=False)
+        await until_idle(sc)
+        return sc
+
+    yield start
+    for sc in made:
+        await sc.close()
+
+
+def model_rows(sc: Sidecar) -> dict[tuple[str, str], float]:
+    rows = sc.catalog._q("SELECT track_id, model, updated_at FROM embeddings WHERE status = 'done'")
+    return {(r["track_id"], r["model"]): r["updated_at"] for r in rows}
+
+
+async def test_bad_files_are_recorded_with_reasons_and_the_rest_goes_on(running, music_dir, excerpts):
+    (music_dir / "empty.ogg").write_bytes(b"")
+    (music_dir / "notes.flac").write_text("this is a text file, not FLAC\n" * 20)
+    good = excerpts[0].read_bytes()
+    (music_dir / "truncated.ogg").write_bytes(good[: len(good) // 50])  # the header and a fraction of a second
+    (music_dir / "garbage.mp3").write_bytes(bytes(range(256)) * 400)
+
+    sc = await running()
+    reasons = {Path(f["path"]).name: f["reason"] for f in sc.catalog.failures()}
+    assert "0 bytes" in reasons["empty.ogg"]
+    assert "cannot decode" in reasons["notes.flac"]
+    assert "cannot decode" in reasons["garbage.mp3"]
+    assert "too short" in reasons["truncated.ogg"] or "cannot decode" in reasons["truncated.ogg"]
+    counts = sc.catalog.counts()
+    assert counts["tracks"] == 5 and counts["failed_files"] == 4
+    assert counts["models"]["musicnn"]["done"] == 5 and counts["models"]["dsp"]["done"] == 5
+
+    # a failed file is not retried while unchanged, and is analysed once it is fixed
+    embedded = sc.worker.stats.embedded
+    await sc.reconciler.run(sc.roots)
+    await until_idle(sc)
+    assert sc.worker.stats.embedded == embedded
+    shutil.copy(excerpts[6], music_dir / "truncated.ogg")
+    await sc.reconciler.run(sc.roots)
+    await until_idle(sc)
+    assert sc.worker.stats.embedded == embedded + 1
+    assert "truncated.ogg" not in {Path(f["path"]).name for f in sc.catalog.failures()}
+
+
+async def test_a_tag_edit_runs_no_model_but_updates_the_metadata(running, music_dir):
+    sc = await running()
+    before = model_rows(sc)
+    path = sorted(music_dir.glob("*.ogg"))[0]
+    f = mutagen.File(path, easy=True)
+    f["title"], f["artist"] = "A New Title", "Somebody"
+    f.save()
+
+    await sc.reconciler.run(sc.roots)
+    await until_idle(sc)
+    track_id = sc.catalog.file(str(path)).track_id
+    track = sc.catalog.track(track_id)
+    assert (track["title"], track["artist"]) == ("A New Title", "Somebody")
+    assert model_rows(sc) == before  # no model ran
+    assert sc.catalog.file(str(path)).size == path.stat().st_size  # the new file state is remembered
+
+
+async def test_replay_reembeds_each_track_once_and_keeps_one_vector_per_model(running, music_dir):
+    sc = await running()
+    before = model_rows(sc)
+    tracks = {k[0] for k in before}
+    # the log now also holds duplicate upserts of every file: a replay meets each track twice
+    for p in sorted(music_dir.glob("*.ogg")):
+        st = p.stat()
+        await sc.bus.publish(TrackUpserted(path=str(p), size=st.st_size, mtime_ns=st.st_mtime_ns, source="test"))
+    await until_idle(sc)
+    dsp_before = metrics.EMBEDDED.labels("dsp")._value.get()
+
+    await sc.request_replay(["dsp"])
+    await until_idle(sc)
+    await sc.worker.wait_replays()
+    after = model_rows(sc)
+    assert {t for t, _ in after} == tracks
+    for t in tracks:
+        assert after[(t, "dsp")] > before[(t, "dsp")]  # re-embedded
+        assert after[(t, "musicnn")] == before[(t, "musicnn")]  # untouched
+    assert metrics.EMBEDDED.labels("dsp")._value.get() - dsp_before == len(tracks)  # once each, not twice
+    for model in ("musicnn", "dsp"):
+        ids = await asyncio.to_thread(sc.store.all_ids, model)
+        assert sorted(ids) == sorted(tracks)
+    assert [r["status"] for r in sc.catalog.replays()] == ["done"]
+
+
+async def test_malformed_and_foreign_events_go_to_dead_letters_and_the_pipeline_goes_on(running, music_dir, excerpts):
+    sc = await running()
+    malformed = metrics.MALFORMED._value.get()
+    await sc.bus.publish_raw(b"k", b"{not json")
+    await sc.bus.publish_raw(b"k", b'{"type": "track.upserted", "path": ""}')
+    await sc.bus.publish(TrackUpserted(path="/etc/passwd", source="test"))
+    await sc.bus.publish(TrackUpserted(path=str(music_dir / ".." / ".." / "x.ogg"), source="test"))
+    shutil.copy(excerpts[7], music_dir / "after.ogg")
+    await sc.bus.publish(TrackUpserted(path=str(music_dir / "after.ogg"), source="test"))
+    await until_idle(sc)
+
+    reasons = [r for _, r in await sc.bus.dead_letters()]
+    assert len(reasons) == 4
+    assert sum("invalid event" in r for r in reasons) == 2 and any("path" in r for r in reasons)
+    assert sum("outside the music roots" in r for r in reasons) == 2
+    assert metrics.MALFORMED._value.get() - malformed == 2
+    assert sc.catalog.file(str(music_dir / "after.ogg")) is not None  # the valid event after them was processed
+
+
+def test_replay_request_from_the_cli_is_validated(tmp_path):
+    from typer.testing import CliRunner
+
+    from sidecar.cli import app
+
+    result = CliRunner().invoke(app, ["replay", "--models", "nosuchmodel", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "nosuchmodel" in result.output
+    result = CliRunner().invoke(app, ["replay", "--models", "dsp", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    from schemas.events import decode_event
+    from sidecar.bus.embedded import EmbeddedBus
+
+    async def read_log():
+        async with EmbeddedBus(tmp_path / "events.sqlite3") as bus:
+            async with bus.consumer("check") as c:
+                return await c.getmany(timeout_s=1)
+
+    (d,) = asyncio.run(read_log())
+    event = decode_event(d.value)
+    assert isinstance(event, ReplayRequested) and event.models == ["dsp"]
