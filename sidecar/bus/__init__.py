@@ -1,0 +1,24 @@
+"""Event buses: one interface (base.EventBus), an embedded durable log and Kafka."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sidecar.bus.base import Consumer, Delivery, EventBus
+
+if TYPE_CHECKING:
+    from sidecar.config import Settings
+
+__all__ = ["Consumer", "Delivery", "EventBus", "make_bus"]
+
+
+def make_bus(settings: "Settings") -> EventBus:
+    """The bus the settings name: the embedded log in the data dir, or Kafka. Not started yet."""
+    if settings.bus == "embedded":
+        from sidecar.bus.embedded import EmbeddedBus
+
+        return EmbeddedBus(settings.event_log_path)
+    if settings.bus == "kafka":
+        from sidecar.bus.kafka import KafkaBus
+
+        return KafkaBus(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_dead_letter_topic)
+    raise ValueError(f"unknown bus {settings.bus!r}")

