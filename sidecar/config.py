@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     kafka_topic: str = "sidecar.library"
     kafka_dead_letter_topic: str = "sidecar.library.dead"
     kafka_group: str = "sidecar-ingest"
+    kafka_session_timeout_ms: int = Field(default=10000, ge=1000, description="a dead worker's partitions move after this")
+    kafka_heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    kafka_fetch_max_wait_ms: int = Field(default=100, ge=0, le=10000, description="low, so new files are picked up at once")
 
     milvus_uri: str = Field(default="", description="Milvus server URI; empty: a Milvus Lite file in the data dir")
     milvus_token: str = Field(default="", repr=False)

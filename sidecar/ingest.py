@@ -149,6 +149,14 @@ class IngestWorker:
     async def _process(self, d: Delivery, previous: asyncio.Task | None, force: Force) -> None:
         if previous is not None:
             await asyncio.wait([previous])
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self._process_one(d, force)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            self.stats.processed += 1
+
+    async def _process_one(self, d: Delivery, force: Force) -> None:
         try:
             event = decode_event(d.value)
         except ValidationError as e:
@@ -157,27 +165,22 @@ class IngestWorker:
             return
         metrics.EVENTS.labels(event.type).inc()
         self.stats.last_event_at = time.time()
-        metrics.IN_FLIGHT.inc()
-        try:
-            for attempt in range(RETRIES + 1):
-                try:
-                    await self.handle(event, force)
-                    break
-                except Rejected as e:
-                    await self.bus.dead_letter(d, str(e))
-                    break
-                except Exception as e:  # unexpected: maybe transient (store briefly away); retry, then dead-letter
-                    if attempt == RETRIES:
-                        log.exception("event %s failed after %d attempts", event.event_id, RETRIES + 1)
-                        metrics.FAILURES.labels("internal").inc()
-                        self.stats.failed += 1
-                        await self.bus.dead_letter(d, f"internal error: {type(e).__name__}: {e}")
-                    else:
-                        log.warning("event %s failed (%s); retrying", event.event_id, e)
-                        await asyncio.sleep(0.5 * 2**attempt)
-        finally:
-            metrics.IN_FLIGHT.dec()
-            self.stats.processed += 1
+        for attempt in range(RETRIES + 1):
+            try:
+                await self.handle(event, force)
+                return
+            except Rejected as e:
+                await self.bus.dead_letter(d, str(e))
+                return
+            except Exception as e:  # unexpected: maybe transient (store briefly away); retry, then dead-letter
+                if attempt == RETRIES:
+                    log.exception("event %s failed after %d attempts", event.event_id, RETRIES + 1)
+                    metrics.FAILURES.labels("internal").inc()
+                    self.stats.failed += 1
+                    await self.bus.dead_letter(d, f"internal error: {type(e).__name__}: {e}")
+                else:
+                    log.warning("event %s failed (%s); retrying", event.event_id, e)
+                    await asyncio.sleep(0.5 * 2**attempt)
 
     # ---- handling one event
     async def handle(self, event: LibraryEvent, force: Force = Force()) -> None:

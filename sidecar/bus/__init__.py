@@ -20,5 +20,12 @@ def make_bus(settings: "Settings") -> EventBus:
     if settings.bus == "kafka":
         from sidecar.bus.kafka import KafkaBus
 
-        return KafkaBus(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_dead_letter_topic)
+        return KafkaBus(
+            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_dead_letter_topic,
+            consumer_options={
+                "session_timeout_ms": settings.kafka_session_timeout_ms,
+                "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+                "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+            },
+        )
     raise ValueError(f"unknown bus {settings.bus!r}")
