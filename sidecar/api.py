@@ -123,6 +123,12 @@ async def similar_tracks(request: web.Request) -> web.Response:
     return _json(out)
 
 
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def make_app(sc: "Sidecar") -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
     app[SIDECAR] = sc
@@ -131,4 +137,5 @@ def make_app(sc: "Sidecar") -> web.Application:
     app.router.add_get("/api/tracks", list_tracks)
     app.router.add_get("/api/tracks/{track_id}", get_track)
     app.router.add_get("/api/similar_tracks", similar_tracks)
+    app.router.add_get("/metrics", prometheus_metrics)
     return app

@@ -164,6 +164,21 @@ async def _scan(s, roots: list[Path]):
         await sc.close()
 
 
+async def _publish(s, event) -> None:
+    from sidecar.bus import make_bus
+
+    async with make_bus(s) as b:
+        await b.publish(event)
+
+
+def _send(s, event) -> None:
+    """Put one operator event on the bus; the running sidecar (or the next to start) acts on it."""
+    try:
+        asyncio.run(_publish(s, event))
+    except Exception as e:
+        _fail(f"cannot reach the event bus ({s.bus}): {e}")
+
+
 @app.command()
 def replay(
     models: Annotated[Optional[str], typer.Option(help="comma-separated models to re-embed even if current (default: none, only reprocess)")] = None,
@@ -175,25 +190,25 @@ def replay(
     answering from the existing vectors meanwhile. Watch it with `sidecar status`.
     """
     from schemas.events import ReplayRequested
-    from sidecar.bus import make_bus
 
     s = _settings(data_dir=data_dir, bus=bus)
     wanted = [m.strip() for m in (models or "").split(",") if m.strip()]
     unknown = [m for m in wanted if m not in s.embedders]
     if unknown:
         _fail(f"--models names {', '.join(unknown)}, which are not enabled (enabled: {', '.join(s.embedders)})", 2)
-
-    async def send() -> ReplayRequested:
-        event = ReplayRequested(models=wanted, source="cli")
-        async with make_bus(s) as b:
-            await b.publish(event)
-        return event
-
-    try:
-        event = asyncio.run(send())
-    except Exception as e:
-        _fail(f"cannot reach the event bus ({s.bus}): {e}")
+    event = ReplayRequested(models=wanted, source="cli")
+    _send(s, event)
     console.print(f"replay {event.event_id} requested; models re-embedded: {', '.join(wanted) or 'none (reprocess only)'}")
+
+
+@app.command()
+def rescan(data_dir: DataDirOpt = None, bus: BusOpt = None):
+    """Ask the running sidecar to walk its music folders now and pick up any change it missed."""
+    from schemas.events import ScanCompleted
+
+    s = _settings(data_dir=data_dir, bus=bus)
+    _send(s, ScanCompleted(source="cli"))
+    console.print("rescan requested")
 
 
 @app.command()

@@ -9,7 +9,7 @@ from pathlib import Path
 import mutagen
 import pytest
 
-from schemas.events import ReplayRequested, TrackUpserted
+from schemas.events import ReplayRequested, ScanCompleted, TrackUpserted
 from sidecar import metrics
 from sidecar.config import Settings
 from sidecar.service import Sidecar
@@ -164,6 +164,16 @@ async def test_malformed_and_foreign_events_go_to_dead_letters_and_the_pipeline_
     assert sum("outside the music roots" in r for r in reasons) == 2
     assert metrics.MALFORMED._value.get() - malformed == 2
     assert sc.catalog.file(str(music_dir / "after.ogg")) is not None  # the valid event after them was processed
+
+
+async def test_a_scan_completed_event_makes_the_worker_walk_the_library(running, music_dir, excerpts):
+    sc = await running()
+    shutil.copy(excerpts[7], music_dir / "late.ogg")  # no watcher here: only a walk can find it
+    before = sc.worker.stats.processed
+    await sc.bus.publish(ScanCompleted(source="test"))
+    await until_idle(sc, processed=before + 2)  # the scan event, then the upsert it caused
+    assert sc.catalog.file(str(music_dir / "late.ogg")) is not None
+    assert sc.catalog.counts()["models"]["musicnn"]["done"] == 6
 
 
 def test_replay_request_from_the_cli_is_validated(tmp_path):

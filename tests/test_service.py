@@ -50,6 +50,39 @@ def test_copied_ogg_is_recommended_within_its_embedding_time_plus_3_seconds(make
     assert set(seconds) == {"musicnn", "dsp"}
     assert elapsed <= sum(seconds.values()) + 3.0, (elapsed, seconds)
 
+    # the track's detail carries its tags, features and per-model status
+    detail = sc.get(f"/api/tracks/{found['item_id']}")
+    assert detail["paths"] == [str(music_dir / "new arrival.ogg")] and 59 < detail["duration_s"] < 62
+    assert len(detail["models"]["musicnn"]["tags"]) == 50 and detail["models"]["musicnn"]["status"] == "done"
+    assert 40 <= detail["models"]["dsp"]["features"]["tempo_bpm"] <= 250
+    assert [t["track_id"] for t in sc.get("/api/tracks", query="new arr")["tracks"]] == [found["item_id"]]
+
+    # bad input: a 4xx whose JSON body names the field, never a 500
+    for params, status, field in [
+        ({}, 400, "item_id"), ({"item_id": other, "n": 0}, 400, "n"), ({"item_id": other, "n": 100000}, 400, "n"),
+        ({"item_id": other, "n": "many"}, 400, "n"), ({"item_id": "nope"}, 404, "item_id"),
+        ({"item_id": other, "model": "nosuch"}, 400, "model"), ({"item_id": other, "x": 1}, 400, "x"),
+    ]:
+        code, body = sc.get_status("/api/similar_tracks", **params)
+        assert (code, body.get("field")) == (status, field), (params, code, body)
+    assert sc.get_status("/api/tracks/nope") == (404, {"error": "no track with id 'nope'", "field": "track_id"})
+    assert sc.get_status("/api/tracks", limit=0)[0] == 400
+    assert sc.get_status("/no/such/route")[0] == 404
+
+
+def test_metrics_parse_as_prometheus_text_and_count_the_work(make_sidecar):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sc = make_sidecar().start()
+    sc.wait_idle()
+    with urllib.request.urlopen(f"http://127.0.0.1:{sc.port}/metrics") as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    embedded = {s.labels["model"]: s.value for s in families["sidecar_tracks_embedded"].samples if s.name.endswith("_total")}
+    assert embedded == {"musicnn": 5.0, "dsp": 5.0}
+    assert any(s.labels.get("stage") == "musicnn" for s in families["sidecar_stage_seconds"].samples)
+
 
 def test_restart_embeds_nothing_a_move_runs_no_model_and_a_delete_removes(make_sidecar, music_dir):
     sc = make_sidecar().start()
