@@ -103,7 +103,7 @@ def setup(data_dir: DataDirOpt = None, embedders: EmbeddersOpt = None, verbose: 
     _logging(verbose)
     s = _settings(data_dir=data_dir, embedders=embedders)
     with console.status("preparing model weights…"):
-        loaded = load_embedders(s.embedders, s.models_dir)
+        loaded = load_embedders(s.embedders, s.models_dir, s.plugins)
     for name, emb in loaded.ready.items():
         console.print(f"[green]ready[/] {name} (version {emb.version}, {emb.dim}-d)")
     for name, why in loaded.unavailable.items():

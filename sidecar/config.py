@@ -10,7 +10,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="SIDECAR_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
 
     music_dir: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
     milvus_token: str = Field(default="", repr=False)
 
     embedders: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["musicnn", "dsp"])
+    plugins: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per-plugin options: SIDECAR_PLUGINS__MERT__CHECKPOINT=/path sets plugins['mert']['checkpoint']",
+    )
+    text_encoder: str = Field(default="minilm", description="sentence encoder for text search")
     ingest_workers: int = Field(default=2, ge=1, le=64, description="tracks analysed at once")
     torch_threads: int = Field(default=1, ge=1, le=64, description="intra-op threads per analysis")
     debounce_s: float = Field(default=1.0, ge=0, le=60, description="a file must stay unchanged this long")

@@ -8,12 +8,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 # Small packages whose music is full-length tracks (OGG and MP3), about 45 MB together.
 DEMO_PACKAGES = ("frozen-bubble-data", "caveexpress-data", "asc-music")
 MUSIC_SUFFIXES = {".ogg", ".mp3", ".opus", ".flac"}
 MIN_TRACK_BYTES = 500_000  # skip sound effects and jingles
+# Larger sets with predictable content, for tests of text search: orchestral (Wesnoth) and electronic (Nexuiz)
+ORCHESTRAL_PACKAGE, ELECTRONIC_PACKAGE = "wesnoth-1.16-music", "nexuiz-music"
+ARCHIVE_SUFFIXES = {".pk3", ".zip"}  # some games keep their music in a zip
 
 
 class DemoLibraryError(RuntimeError):
@@ -50,6 +54,16 @@ def fetch_demo_library(dest: Path, packages: tuple[str, ...] = DEMO_PACKAGES) ->
                 for f in sorted((tmp_path / "root").rglob("*")):
                     if f.suffix.lower() in MUSIC_SUFFIXES and f.is_file() and f.stat().st_size >= MIN_TRACK_BYTES:
                         shutil.copy2(f, target / f.name)
+                    elif f.suffix.lower() in ARCHIVE_SUFFIXES and f.is_file():
+                        _extract_music(f, target)
             (target / ".complete").touch()
         tracks += sorted(p for p in target.iterdir() if p.suffix.lower() in MUSIC_SUFFIXES)
     return tracks
+
+
+def _extract_music(archive: Path, target: Path) -> None:
+    with zipfile.ZipFile(archive) as z:
+        for info in z.infolist():
+            name = Path(info.filename).name
+            if Path(name).suffix.lower() in MUSIC_SUFFIXES and info.file_size >= MIN_TRACK_BYTES:
+                (target / name).write_bytes(z.read(info))

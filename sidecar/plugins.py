@@ -1,4 +1,4 @@
-"""Find embedder plugins through the `sidecar.embedders` entry-point group and load the enabled ones."""
+"""Find plugins through entry points (`sidecar.embedders`, `sidecar.text_encoders`) and load the enabled ones."""
 from __future__ import annotations
 
 import logging
@@ -7,25 +7,23 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from sidecar.plugin_api import Embedder, EmbedderUnavailable
+from sidecar.plugin_api import Embedder, EmbedderUnavailable, TextEncoder
 
 log = logging.getLogger(__name__)
-GROUP = "sidecar.embedders"
+EMBEDDERS, TEXT_ENCODERS = "sidecar.embedders", "sidecar.text_encoders"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
-def discover() -> dict[str, type[Embedder]]:
-    found: dict[str, type[Embedder]] = {}
-    for ep in entry_points(group=GROUP):
-        try:
-            cls = ep.load()
-        except Exception as e:  # a broken third-party plugin must not take the service down
-            log.error("embedder plugin %s failed to import: %s", ep.name, e)
-            continue
+def discover(group: str = EMBEDDERS) -> dict[str, type]:
+    found: dict[str, type] = {}
+    for ep in entry_points(group=group):
         if not _NAME.match(ep.name):
-            log.error("embedder plugin name %r is not lowercase letters, digits and underscores; skipped", ep.name)
+            log.error("plugin name %r is not lowercase letters, digits and underscores; skipped", ep.name)
             continue
-        found[ep.name] = cls
+        try:
+            found[ep.name] = ep.load()
+        except Exception as e:  # a broken third-party plugin must not take the service down
+            log.error("plugin %s failed to import: %s", ep.name, e)
     return found
 
 
@@ -39,17 +37,20 @@ class LoadedEmbedders:
         return {name: e.version for name, e in self.ready.items()}
 
 
-def load_embedders(names: list[str], models_dir: Path, *, prepare: bool = True) -> LoadedEmbedders:
-    """Instantiate, prepare (fetch/convert weights if missing) and load each named embedder."""
-    available = discover()
+def load_embedders(
+    names: list[str], models_dir: Path, options: dict[str, dict[str, str]] | None = None, *, prepare: bool = True
+) -> LoadedEmbedders:
+    """Instantiate, configure, prepare (fetch/convert weights if missing) and load each named embedder."""
+    available = discover(EMBEDDERS)
     out = LoadedEmbedders()
     for name in names:
         cls = available.get(name)
         if cls is None:
             out.unavailable[name] = f"no embedder plugin named {name!r} is installed (installed: {', '.join(sorted(available)) or 'none'})"
             continue
-        emb = cls()
+        emb: Embedder = cls()
         try:
+            emb.configure((options or {}).get(name, {}))
             if prepare:
                 emb.prepare(models_dir)
             emb.load(models_dir)
@@ -58,3 +59,14 @@ def load_embedders(names: list[str], models_dir: Path, *, prepare: bool = True) 
             continue
         out.ready[name] = emb
     return out
+
+
+def load_text_encoder(name: str, models_dir: Path, options: dict[str, dict[str, str]] | None = None) -> TextEncoder:
+    """Raises EmbedderUnavailable with the reason."""
+    cls = discover(TEXT_ENCODERS).get(name)
+    if cls is None:
+        raise EmbedderUnavailable(f"no text encoder plugin named {name!r} is installed")
+    enc: TextEncoder = cls()
+    enc.configure((options or {}).get(name, {}))
+    enc.load(models_dir)
+    return enc

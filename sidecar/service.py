@@ -57,7 +57,7 @@ class Sidecar:
 
         torch.set_num_threads(s.torch_threads)
         self.catalog = Catalog(s.catalog_path)
-        self.embedders = await asyncio.to_thread(load_embedders, s.embedders, s.models_dir)
+        self.embedders = await asyncio.to_thread(load_embedders, s.embedders, s.models_dir, s.plugins)
         for name, why in self.embedders.unavailable.items():
             log.error("embedder %s is unavailable: %s", name, why)
         if not self.embedders.ready:

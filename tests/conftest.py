@@ -31,24 +31,40 @@ def demo_tracks() -> list[Path]:
     return fetch_demo_library(CACHE / "music")
 
 
-@pytest.fixture(scope="session")
-def excerpts(demo_tracks) -> list[Path]:
-    """30-second OGG Vorbis excerpts of the real demo tracks (from their middle), so that suites which
-    analyse a whole library stay fast. Real music, real OGG files; made once."""
+def make_excerpts(tracks: list[Path], out_dir: Path, seconds: int = 30) -> list[Path]:
+    """OGG Vorbis excerpts from the middle of real tracks, so that suites which analyse a whole library stay
+    fast. Real music, real OGG files; made once."""
     import soundfile as sf
 
-    out_dir = CACHE / "excerpts"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = []
-    for t in demo_tracks:
+    for t in tracks:
         target = out_dir / f"{t.parent.name}-{t.stem}.ogg"
         if not target.exists():
             info = sf.info(t)
-            start = max(0, int(info.frames / 2 - 15 * info.samplerate))
-            data, sr = sf.read(t, start=start, frames=30 * info.samplerate, dtype="float32")
+            start = max(0, int(info.frames / 2 - seconds / 2 * info.samplerate))
+            data, sr = sf.read(t, start=start, frames=seconds * info.samplerate, dtype="float32")
             sf.write(target.with_suffix(".tmp"), data, sr, format="OGG", subtype="VORBIS")
             target.with_suffix(".tmp").rename(target)
         out.append(target)
+    return out
+
+
+@pytest.fixture(scope="session")
+def excerpts(demo_tracks) -> list[Path]:
+    return make_excerpts(demo_tracks, CACHE / "excerpts")
+
+
+@pytest.fixture(scope="session")
+def genre_excerpts() -> dict[str, list[Path]]:
+    """Music whose kind is known: 8 orchestral tracks (Wesnoth) and 8 electronic ones (Nexuiz), as excerpts."""
+    from sidecar.demo import ELECTRONIC_PACKAGE, ORCHESTRAL_PACKAGE, fetch_demo_library
+
+    out = {}
+    for label, package in (("orchestral", ORCHESTRAL_PACKAGE), ("electronic", ELECTRONIC_PACKAGE)):
+        tracks = fetch_demo_library(CACHE / "music", (package,))
+        step = max(1, len(tracks) // 8)
+        out[label] = make_excerpts(tracks[::step][:8], CACHE / "excerpts")
     return out
 
 

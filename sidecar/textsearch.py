@@ -1,0 +1,277 @@
+"""Zero-shot text search over what the analysis measured: MusiCNN's 50 tag probabilities, the DSP features
+and the library's own metadata. No training, no audio-text model needed.
+
+A prompt is split into clauses ("upbeat rock, no vocals" -> "upbeat rock" and a negated "vocals"); each
+clause is matched by sentence similarity against a lexicon of concepts: the 50 MSD tags (with synonyms)
+and words people use for what the DSP analysis measures ("calm", "driving", "orchestral"...). Each concept
+says which tags and features speak for it. Tracks are scored on per-library percentile ranks, so a tag that
+every track has (electronic, ambient) does not dominate, and the score says which concepts it came from.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sidecar.catalog import Catalog
+from sidecar.plugin_api import TextEncoder
+
+MIN_SIMILARITY = 0.4  # below this a concept's match is noise (measured: lower ranks are unrelated tags)
+# Genre words are all fairly similar to each other ("orchestral" ~ "electronic" 0.5): a clause keeps only the
+# concepts close to its best match.
+MAX_BELOW_BEST = 0.2
+METADATA_MIN_SIMILARITY = 0.5
+
+MSD_TAGS = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
+    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
+    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock",
+    "ambient", "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
+    "indie pop", "sad", "House", "happy",
+)
+TAG_SYNONYMS = {
+    "electronic": ("electronic music", "synth", "synthesizer music"),
+    "dance": ("dance music", "club music", "edm"),
+    "instrumental": ("instrumental music", "no vocals", "without singing"),
+    "female vocalists": ("female singer", "woman singing"),
+    "male vocalists": ("male singer", "man singing"),
+    "Hip-Hop": ("hip hop", "rap"),
+    "rnb": ("r&b", "rhythm and blues"),
+    "House": ("house music", "deep house"),
+    "chillout": ("chill out", "lounge"),
+    "Mellow": ("mellow", "gentle"),
+    "metal": ("heavy music", "metal music"),
+    "guitar": ("guitar music", "electric guitar"),
+}
+VOCAL_TAGS = ("female vocalists", "male vocalists", "female vocalist")
+
+
+@dataclass(frozen=True)
+class Concept:
+    name: str
+    phrases: tuple[str, ...]
+    tags: dict[str, float] = field(default_factory=dict)  # tag -> signed weight
+    features: dict[str, float] = field(default_factory=dict)  # DSP feature -> signed weight (+: higher is more like it)
+
+
+# Words for what the DSP analysis measures, and for kinds of music the 50 tags lack. Each recipe is the
+# measurable side of the word: orchestral music is tonal, dynamic and not percussive; dance music has a
+# steady, clear pulse; and so on.
+DESCRIPTORS = (
+    Concept("upbeat", ("upbeat", "energetic", "fast", "lively", "high energy"),
+            features={"tempo_bpm": 1, "loudness_db": 0.5, "onset_rate": 1, "pulse_clarity": 0.5}),
+    Concept("calm", ("calm", "relaxing", "slow", "peaceful", "soothing", "sleep"),
+            features={"tempo_bpm": -0.5, "loudness_db": -0.5, "onset_rate": -1, "percussiveness": -1}, tags={"chill": 0.5, "Mellow": 0.5}),
+    Concept("dark", ("dark", "gloomy", "ominous", "sinister"), features={"brightness": -1}),
+    Concept("bright", ("bright", "cheerful", "sunny", "sparkling"), features={"brightness": 1}, tags={"happy": 0.5}),
+    Concept("minor", ("minor key", "melancholic", "sad sounding"), features={"minor": 1}, tags={"sad": 0.5}),
+    Concept("major", ("major key", "joyful", "uplifting"), features={"minor": -1}, tags={"happy": 0.5}),
+    Concept("driving", ("driving", "pounding", "steady beat", "four on the floor"),
+            features={"pulse_clarity": 1, "percussiveness": 1}),
+    Concept("sparse", ("sparse", "minimal", "spacious"), features={"onset_rate": -1, "loudness_db": -0.5}),
+    Concept("busy", ("busy", "dense", "frantic", "hectic"), features={"onset_rate": 1}),
+    Concept("loud", ("loud", "aggressive", "intense", "powerful"), features={"loudness_db": 1, "percussiveness": 0.5}),
+    Concept("quiet", ("quiet", "soft", "delicate", "hushed"), features={"loudness_db": -1}),
+    Concept("dynamic", ("dynamic", "dramatic", "building", "crescendo"), features={"dynamics_db": 1}),
+    Concept("percussive", ("percussive", "drums", "drum heavy", "rhythmic"), features={"percussiveness": 1, "onset_rate": 0.5}),
+    Concept("orchestral", ("orchestral", "orchestra", "symphonic", "cinematic", "film score", "classical", "strings", "epic score"),
+            features={"percussiveness": -1, "brightness": -0.5, "key_strength": 0.5, "dynamics_db": 0.5, "pulse_clarity": -0.5},
+            tags={"instrumental": 0.5, "electronic": -0.5, "dance": -0.5}),
+    Concept("electronic_dance", ("electronic dance", "techno", "edm", "club", "rave", "trance"),
+            features={"pulse_clarity": 1, "percussiveness": 0.5, "brightness": 0.5},
+            tags={"electronic": 1, "dance": 1, "electro": 0.5, "House": 0.5, "electronica": 0.5}),
+    Concept("vocals", ("vocals", "singing", "singer", "voice", "lyrics"), tags={t: 1 for t in VOCAL_TAGS}),
+)
+TAG_CONCEPTS = tuple(Concept(t, (t.lower(),) + TAG_SYNONYMS.get(t, ()), tags={t: 1.0}) for t in MSD_TAGS)
+LEXICON = TAG_CONCEPTS + DESCRIPTORS
+FEATURES = ("tempo_bpm", "loudness_db", "onset_rate", "pulse_clarity", "percussiveness", "brightness", "dynamics_db", "key_strength", "minor")
+
+_NEGATION = re.compile(r"^(no|not|without|non|avoid|except|minus|nothing)\b[\s-]*", re.I)
+_SPLIT = re.compile(r"\s*(?:[,;/]|\bbut\b|\band\b|\bwith\b|\bplus\b)\s*", re.I)
+
+
+@dataclass
+class Clause:
+    text: str
+    negative: bool
+
+
+def parse_prompt(prompt: str) -> list[Clause]:
+    """'upbeat rock, no vocals' -> [upbeat rock (+), vocals (-)]"""
+    clauses = []
+    for part in _SPLIT.split(prompt.strip()):
+        part = part.strip(" .!?")
+        if not part:
+            continue
+        negative = bool(_NEGATION.match(part))
+        text = _NEGATION.sub("", part).strip()
+        if text:
+            clauses.append(Clause(text, negative))
+    return clauses
+
+
+@dataclass
+class Match:
+    concept: str
+    weight: float  # signed: negative for "no X"
+    similarity: float
+    clause: str
+
+
+@dataclass
+class ScoredTrack:
+    track_id: str
+    score: float
+    reasons: list[str]
+
+
+class LibraryIndex:
+    """Per-track tag probabilities and features as percentile ranks, rebuilt when the catalog changes."""
+
+    def __init__(self, catalog: Catalog, encoder: TextEncoder):
+        self.catalog, self.encoder = catalog, encoder
+        self._stamp = None
+        self._lock = threading.Lock()
+        self.track_ids: list[str] = []
+        self.tags = np.zeros((0, len(MSD_TAGS)), np.float32)
+        self.features = np.zeros((0, len(FEATURES)), np.float32)
+        self.metadata = np.zeros((0, encoder.dim), np.float32)
+        self.metadata_text: list[str] = []
+
+    def refresh(self) -> None:
+        stamp = tuple(self.catalog._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE status = 'done'")[0]) + tuple(
+            self.catalog._q("SELECT COUNT(*), MAX(updated_at) FROM tracks")[0]
+        )
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            rows = self.catalog._q(
+                "SELECT t.track_id, t.title, t.artist, t.album, t.genre, t.year, m.tags, d.features FROM tracks t"
+                " JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
+                " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
+                " ORDER BY t.track_id"
+            )
+            ids, tags, feats, meta = [], [], [], []
+            for r in rows:
+                t = json.loads(r["tags"])
+                f = json.loads(r["features"]) if r["features"] else {}
+                f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
+                ids.append(r["track_id"])
+                tags.append([t.get(name, 0.0) for name in MSD_TAGS])
+                feats.append([float(f.get(name, np.nan)) for name in FEATURES])
+                meta.append(" / ".join(str(r[k]) for k in ("genre", "artist", "album", "title") if r[k]))
+            self.track_ids = ids
+            self.tags = _percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
+            self.features = _percentiles(np.array(feats, np.float32).reshape(len(ids), len(FEATURES)))
+            if meta != self.metadata_text:
+                self.metadata = self.encoder.encode(meta) if meta else np.zeros((0, self.encoder.dim), np.float32)
+                self.metadata_text = meta
+            self._stamp = stamp
+
+
+def _percentiles(x: np.ndarray) -> np.ndarray:
+    """Each column as percentile ranks in [0, 1]; missing values (NaN) sit at 0.5 (no evidence either way)."""
+    out = np.full(x.shape, 0.5, np.float32)
+    n = x.shape[0]
+    for j in range(x.shape[1]):
+        col = x[:, j]
+        ok = ~np.isnan(col)
+        if ok.sum() > 1:
+            ranks = col[ok].argsort(kind="stable").argsort(kind="stable")
+            out[ok, j] = ranks / (ok.sum() - 1)
+    return out if n else x
+
+
+class ZeroShotSearch:
+    def __init__(self, catalog: Catalog, encoder: TextEncoder):
+        self.encoder = encoder
+        self.index = LibraryIndex(catalog, encoder)
+        phrases = [(i, p) for i, c in enumerate(LEXICON) for p in c.phrases]
+        self._phrase_concept = np.array([i for i, _ in phrases])
+        self._phrase_vectors = encoder.encode([p for _, p in phrases])
+
+    def match(self, prompt: str, negative_prompts: list[str] = ()) -> tuple[list[Match], list[Clause]]:
+        """Concepts named by the prompt, each with its weight; and the clauses (for metadata matching)."""
+        clauses = parse_prompt(prompt) + [Clause(c.text, not c.negative) for n in negative_prompts for c in parse_prompt(n)]
+        if not clauses:
+            return [], []
+        sims = self.encoder.encode([c.text for c in clauses]) @ self._phrase_vectors.T
+        matches: dict[str, Match] = {}
+        for clause, row in zip(clauses, sims):
+            best = np.full(len(LEXICON), -1.0)
+            np.maximum.at(best, self._phrase_concept, row)
+            floor = max(MIN_SIMILARITY, best.max() - MAX_BELOW_BEST)
+            for i in np.flatnonzero(best >= floor):
+                w = (best[i] - floor) / (1 - floor) + 0.1
+                m = Match(LEXICON[i].name, -w if clause.negative else w, float(best[i]), clause.text)
+                if LEXICON[i].name not in matches or abs(m.weight) > abs(matches[m.concept].weight):
+                    matches[m.concept] = m
+        return sorted(matches.values(), key=lambda m: -abs(m.weight)), clauses
+
+    def search(self, prompt: str, negative_prompts: list[str] = (), limit: int = 25) -> tuple[list[ScoredTrack], list[Match]]:
+        idx = self.index
+        idx.refresh()
+        matches, clauses = self.match(prompt, negative_prompts)
+        n = len(idx.track_ids)
+        if n == 0:
+            return [], matches
+        by_name = {c.name: c for c in LEXICON}
+        score = np.zeros(n, np.float32)
+        parts: list[tuple[str, np.ndarray]] = []
+        total = 0.0
+        for m in matches:
+            c = by_name[m.concept]
+            s = _concept_score(c, idx)
+            score += m.weight * s
+            total += abs(m.weight)
+            parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", m.weight * s))
+        # the library's own words: a clause that reads like a track's genre, artist or album
+        if len(idx.metadata):
+            positive = [c.text for c in clauses if not c.negative]
+            if positive:
+                msim = (self.encoder.encode(positive) @ idx.metadata.T).max(axis=0)
+                bonus = np.where(msim >= METADATA_MIN_SIMILARITY, msim, 0.0).astype(np.float32)
+                score += bonus
+                total += 1.0 if bonus.any() else 0.0
+                parts.append(("metadata", bonus))
+        if total:
+            score /= total
+        order = np.argsort(-score, kind="stable")[:limit]
+        out = []
+        for i in order:
+            reasons = [name for name, contrib in sorted(parts, key=lambda p: -abs(p[1][i])) if abs(contrib[i]) > 0.05][:3]
+            out.append(ScoredTrack(idx.track_ids[i], float(score[i]), reasons))
+        return out, matches
+
+
+def _concept_score(c: Concept, idx: LibraryIndex) -> np.ndarray:
+    """How much each track is like the concept, in [0, 1], from percentile ranks."""
+    terms, weights = [], []
+    for tag, w in c.tags.items():
+        col = idx.tags[:, MSD_TAGS.index(tag)]
+        terms.append(col if w > 0 else 1 - col)
+        weights.append(abs(w))
+    for feat, w in c.features.items():
+        col = idx.features[:, FEATURES.index(feat)]
+        terms.append(col if w > 0 else 1 - col)
+        weights.append(abs(w))
+    return np.average(np.stack(terms), axis=0, weights=weights).astype(np.float32)
+
+
+def describe_track(tags: dict[str, float], feature_percentiles: dict[str, float], metadata: dict[str, str | None]) -> list[str]:
+    """Words for one track, from its analysis and metadata: the training text of the trained projection."""
+    words = [t.lower() for t, p in sorted(tags.items(), key=lambda kv: -kv[1]) if p >= 0.1][:5]
+    by_name = {c.name: c for c in DESCRIPTORS}
+    for c in by_name.values():
+        if not c.features:
+            continue
+        total = sum(abs(w) for w in c.features.values())
+        like = sum(abs(w) * (feature_percentiles[f] if w > 0 else 1 - feature_percentiles[f]) for f, w in c.features.items()) / total
+        if like >= 0.75:
+            words.append(c.phrases[0])
+    words += [str(v) for k in ("genre", "artist", "album", "year") if (v := metadata.get(k))]
+    return words
