@@ -1,9 +1,9 @@
 """HTTP API requests and responses."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ErrorBody(BaseModel):
@@ -84,3 +84,71 @@ class Status(BaseModel):
     bus_lag: int
     ingest: dict[str, Any]
     dead_letters: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: str = Field(description="embedder or text_encoder")
+    version: str | None = None
+    dim: int | None = None
+    sample_rate: int | None = None
+    available: bool
+    reason: str | None = Field(default=None, description="why it is unavailable")
+    supports_text: bool = False
+    text_via: str | None = Field(default=None, description="joint (the model's own text tower) or projection (trained)")
+    tracks_embedded: int = 0
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class EmbedTextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=500)
+    model: str = Field(min_length=1, max_length=64)
+
+
+class EmbedTextResponse(BaseModel):
+    model: str
+    dim: int
+    via: str
+    vector: list[float]
+
+
+class TextRecommendationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=500)
+    negative_prompts: list[str] = Field(default_factory=list, max_length=10)
+    models: list[str] | None = Field(default=None, max_length=8, description="audio models to search; default: every one with text support")
+    limit: int = Field(default=25, ge=1, le=500)
+    method: Literal["auto", "tags", "vector"] = Field(
+        default="auto", description="tags: zero-shot over analysed tags and features; vector: text projected into each model's space; auto: vector where a model supports text, else tags"
+    )
+    negative_penalty: float = Field(default=0.5, ge=0, le=2)
+
+    @field_validator("negative_prompts")
+    @classmethod
+    def _short(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() or len(p) > 200 for p in v):
+            raise ValueError("each negative prompt must be 1 to 200 characters")
+        return v
+
+
+class ConceptMatch(BaseModel):
+    concept: str
+    weight: float
+    similarity: float
+    clause: str
+
+
+class PlaylistTrack(TrackBrief):
+    score: float
+    models: list[str] = Field(default_factory=list, description="the models that found it")
+    reasons: list[str] = Field(default_factory=list)
+
+
+class TextPlaylist(BaseModel):
+    method: str
+    matched: list[ConceptMatch] = Field(default_factory=list)
+    tracks: list[PlaylistTrack]

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 
 import sidecar
 from schemas.api import (
-    ErrorBody, Health, SimilarTrack, SimilarTracksQuery, Status, TrackBrief, TrackDetail, TrackList, TracksQuery,
+    EmbedTextRequest, EmbedTextResponse, ErrorBody, Health, ModelInfo, ModelList, SimilarTrack, SimilarTracksQuery,
+    Status, TextRecommendationRequest, TrackBrief, TrackDetail, TrackList, TracksQuery,
 )
 
 if TYPE_CHECKING:
@@ -34,13 +35,37 @@ def _json(model: BaseModel | list, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="application/json")
 
 
+def _invalid(e: ValidationError) -> ApiError:
+    err = e.errors()[0]
+    field = ".".join(str(x) for x in err["loc"]) or None
+    return ApiError(400, f"{field}: {err['msg']}" if field else err["msg"], field)
+
+
 def parse_query(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or None
-        raise ApiError(400, f"{field}: {err['msg']}" if field else err["msg"], field) from None
+        raise _invalid(e) from None
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "request body too large") from None
+    if not raw:
+        raise ApiError(400, "a JSON body is required", "body")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise _invalid(e) from None
+
+
+def _text(request: web.Request):
+    sc = _sidecar(request)
+    if sc.text is None:
+        raise ApiError(503, f"text search is unavailable: {sc.text_unavailable}")
+    return sc.text
 
 
 @web.middleware
@@ -123,6 +148,54 @@ async def similar_tracks(request: web.Request) -> web.Response:
     return _json(out)
 
 
+async def list_models(request: web.Request) -> web.Response:
+    sc = _sidecar(request)
+    counts = sc.catalog.counts()["models"]
+    text_models = sc.text.text_models() if sc.text else {}
+    out = [
+        ModelInfo(
+            name=name, kind="embedder", version=e.version, dim=e.dim, sample_rate=e.sample_rate, available=True,
+            supports_text=name in text_models, text_via=text_models.get(name),
+            tracks_embedded=counts.get(name, {}).get("done", 0),
+        )
+        for name, e in sc.embedders.ready.items()
+    ]
+    out += [ModelInfo(name=n, kind="embedder", available=False, reason=why) for n, why in sc.embedders.unavailable.items()]
+    if sc.text:
+        enc = sc.text.encoder
+        out.append(ModelInfo(name=enc.name, kind="text_encoder", version=enc.version, dim=enc.dim, available=True, supports_text=True))
+    else:
+        out.append(ModelInfo(name=sc.settings.text_encoder, kind="text_encoder", available=False, reason=sc.text_unavailable))
+    return _json(ModelList(models=out))
+
+
+async def embed_text(request: web.Request) -> web.Response:
+    from sidecar.textrec import UnsupportedModel
+
+    req = await parse_body(request, EmbedTextRequest)
+    text = _text(request)
+    try:
+        vectors, via = await asyncio.to_thread(text.embed_text, req.model, [req.text])
+    except UnsupportedModel as e:
+        raise ApiError(400, str(e), "model") from None
+    return _json(EmbedTextResponse(model=req.model, dim=vectors.shape[1], via=via, vector=vectors[0].tolist()))
+
+
+async def text_recommendations(request: web.Request) -> web.Response:
+    from sidecar.textrec import UnsupportedModel
+
+    req = await parse_body(request, TextRecommendationRequest)
+    text = _text(request)
+    unknown = [m for m in req.models or () if m not in text.text_models()]
+    if unknown:
+        raise ApiError(400, f"{', '.join(unknown)} cannot take text; models that can: {', '.join(text.text_models()) or 'none'}", "models")
+    try:
+        playlist = await asyncio.to_thread(text.recommend, req)
+    except UnsupportedModel as e:
+        raise ApiError(400, str(e), "method") from None
+    return _json(playlist)
+
+
 async def prometheus_metrics(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -137,5 +210,8 @@ def make_app(sc: "Sidecar") -> web.Application:
     app.router.add_get("/api/tracks", list_tracks)
     app.router.add_get("/api/tracks/{track_id}", get_track)
     app.router.add_get("/api/similar_tracks", similar_tracks)
+    app.router.add_get("/api/models", list_models)
+    app.router.add_post("/api/embed_text", embed_text)
+    app.router.add_post("/api/recommendations/text", text_recommendations)
     app.router.add_get("/metrics", prometheus_metrics)
     return app

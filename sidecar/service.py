@@ -35,6 +35,8 @@ class Sidecar:
         self.worker: IngestWorker | None = None
         self.reconciler: Reconciler | None = None
         self.watcher: FolderWatcher | None = None
+        self.text = None  # TextRecommender, when a text encoder loads
+        self.text_unavailable: str | None = None
         self.idle = asyncio.Event()  # the ingest consumer has nothing in flight and saw no lag
         self.reconciled = asyncio.Event()  # the start-up reconcile walk has published its events
         self.consumer = None
@@ -68,6 +70,7 @@ class Sidecar:
                 await asyncio.to_thread(self.store.ensure_collection, name, emb.dim)
         except Exception as e:
             raise SidecarError(str(e)) from None
+        await asyncio.to_thread(self._open_text)
         self.bus = make_bus(s)
         try:
             await self.bus.start()
@@ -78,6 +81,20 @@ class Sidecar:
             self.bus, self.catalog, self.store, self.embedders, self.roots,
             concurrency=s.ingest_workers, reconcile=self.reconciler.run,
         )
+
+    def _open_text(self) -> None:
+        from sidecar.plugin_api import EmbedderUnavailable
+        from sidecar.plugins import load_text_encoder
+        from sidecar.textrec import TextRecommender
+
+        s = self.settings
+        try:
+            encoder = load_text_encoder(s.text_encoder, s.models_dir, s.plugins)
+        except EmbedderUnavailable as e:
+            self.text_unavailable = str(e)
+            log.error("text search is unavailable: %s", e)
+            return
+        self.text = TextRecommender(self.catalog, self.store, self.embedders, encoder, s.data_dir)
 
     async def start(self, *, http: bool = True, watch: bool = True) -> None:
         """Run everything: watcher, start-up reconcile, ingest consumer, periodic reconcile, HTTP."""

@@ -262,16 +262,18 @@ def _concept_score(c: Concept, idx: LibraryIndex) -> np.ndarray:
     return np.average(np.stack(terms), axis=0, weights=weights).astype(np.float32)
 
 
-def describe_track(tags: dict[str, float], feature_percentiles: dict[str, float], metadata: dict[str, str | None]) -> list[str]:
-    """Words for one track, from its analysis and metadata: the training text of the trained projection."""
-    words = [t.lower() for t, p in sorted(tags.items(), key=lambda kv: -kv[1]) if p >= 0.1][:5]
-    by_name = {c.name: c for c in DESCRIPTORS}
-    for c in by_name.values():
-        if not c.features:
-            continue
-        total = sum(abs(w) for w in c.features.values())
-        like = sum(abs(w) * (feature_percentiles[f] if w > 0 else 1 - feature_percentiles[f]) for f, w in c.features.items()) / total
-        if like >= 0.75:
-            words.append(c.phrases[0])
-    words += [str(v) for k in ("genre", "artist", "album", "year") if (v := metadata.get(k))]
-    return words
+def describe_track(
+    tags: dict[str, float], feature_percentiles: dict[str, float], metadata: dict[str, str | None]
+) -> list[tuple[str, ...]]:
+    """What the library says of one track, as word slots: each slot lists interchangeable words (a tag and
+    its synonyms, a descriptor's phrases), the first being the plain one. The training text of the projection."""
+    concepts = {c.name: c for c in LEXICON}
+    slots = [concepts[t].phrases for t, p in sorted(tags.items(), key=lambda kv: -kv[1]) if p >= 0.1][:5]
+    for c in DESCRIPTORS:
+        if c.features:
+            total = sum(abs(w) for w in c.features.values())
+            like = sum(abs(w) * (feature_percentiles[f] if w > 0 else 1 - feature_percentiles[f]) for f, w in c.features.items())
+            if like / total >= 0.75:
+                slots.append(c.phrases)
+    slots += [(str(v),) for k in ("genre", "artist", "album", "year") if (v := metadata.get(k))]
+    return slots

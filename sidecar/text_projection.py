@@ -1,0 +1,194 @@
+"""A trained projection from text into an audio model's space (the seed's TextToAudioEmbedder).
+
+Trained contrastively on the user's own library: each track's text is what the library says of it (file
+tags: genre, artist, album, year; MusiCNN's predicted tags; words for its DSP measurements), each track's
+target is its audio vector. A small MLP maps the sentence encoder's vector onto the audio vector's
+direction (symmetric InfoNCE). One checkpoint per audio model, in data_dir/text_projection/<model>.pt.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from sidecar.catalog import Catalog
+from sidecar.plugin_api import TextEncoder
+from sidecar.store import VectorStore
+from sidecar.textsearch import FEATURES, _percentiles, describe_track
+
+FORMAT = 1
+AUGMENTED_TEXTS = 8  # random word subsets per track, encoded once
+
+
+class Projection(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(x), dim=-1)
+
+
+@dataclass
+class LibraryText:
+    track_ids: list[str]
+    words: list[list[tuple[str, ...]]]  # word slots per track (see textsearch.describe_track)
+    audio: np.ndarray  # (n, dim) unit vectors
+
+
+def library_text(catalog: Catalog, store: VectorStore, model: str) -> LibraryText:
+    """Every track that has both a MusiCNN analysis and a vector of `model`, with its words."""
+    rows = catalog._q(
+        "SELECT t.track_id, t.genre, t.artist, t.album, t.year, m.tags, d.features FROM tracks t"
+        " JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
+        " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
+        " JOIN embeddings e ON e.track_id = t.track_id AND e.model = ? AND e.status = 'done' ORDER BY t.track_id",
+        (model,),
+    )
+    feats = []
+    for r in rows:
+        f = json.loads(r["features"]) if r["features"] else {}
+        f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
+        feats.append([float(f.get(k, np.nan)) for k in FEATURES])
+    pct = _percentiles(np.array(feats, np.float32).reshape(len(rows), len(FEATURES)))
+    ids, words = [], []
+    for r, p in zip(rows, pct):
+        ids.append(r["track_id"])
+        words.append(describe_track(json.loads(r["tags"]), dict(zip(FEATURES, p.tolist())), dict(r)))
+    vectors = {}
+    for i in range(0, len(ids), 1000):
+        vectors.update(store.get_vectors(model, ids[i : i + 1000]))
+    keep = [i for i, t in enumerate(ids) if t in vectors]
+    audio = np.stack([vectors[ids[i]] for i in keep]) if keep else np.zeros((0, 1), np.float32)
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True).clip(1e-9)
+    return LibraryText([ids[i] for i in keep], [words[i] for i in keep], audio.astype(np.float32))
+
+
+def _augment(slots: list[tuple[str, ...]], rng: np.random.Generator) -> str:
+    """Some of the track's word slots, in random order, each as one of its alternatives."""
+    if not slots:
+        return "music"
+    k = int(rng.integers(1, len(slots) + 1))
+    return ", ".join(str(rng.choice(slots[i])) for i in rng.permutation(len(slots))[:k])
+
+
+def plain_text(slots: list[tuple[str, ...]]) -> str:
+    return ", ".join(s[0] for s in slots) or "music"
+
+
+@dataclass
+class TrainResult:
+    projection: Projection
+    recall_at_10: float
+    chance_at_10: float
+    n_train: int
+    n_test: int
+    seconds: float
+
+
+def train(
+    lib: LibraryText, encoder: TextEncoder, *, epochs: int = 60, holdout: float = 0.2, seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train on all but a held-out share of tracks; report recall@10 of the held-out tracks' own text
+    among all tracks' audio vectors (chance: 10 / number of tracks)."""
+    t0 = time.perf_counter()
+    n = len(lib.track_ids)
+    if n < 10:
+        raise ValueError(f"{n} tracks have both analyses; at least 10 are needed to train")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    order = rng.permutation(n)
+    n_test = max(2, int(round(n * holdout)))
+    test, train_idx = order[:n_test], order[n_test:]
+    texts = [_augment(lib.words[i], rng) for i in train_idx for _ in range(AUGMENTED_TEXTS)]
+    text_vecs = torch.from_numpy(encoder.encode(texts)).view(len(train_idx), AUGMENTED_TEXTS, -1)
+    audio = torch.from_numpy(lib.audio)
+    model = Projection(text_vecs.shape[-1], audio.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    log_temp = torch.tensor(np.log(1 / 0.07), dtype=torch.float32)
+    batch = min(64, len(train_idx))
+    targets_all = audio[torch.from_numpy(train_idx)]
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(train_idx))
+        total = 0.0
+        for s in range(0, len(perm), batch):
+            b = perm[s : s + batch]
+            pick = torch.randint(0, AUGMENTED_TEXTS, (len(b),))
+            t = model(text_vecs[b, pick])
+            a = targets_all[b]
+            logits = log_temp.exp() * t @ a.T
+            labels = torch.arange(len(b))
+            # tracks with the same words are not negatives of each other: only the diagonal is asked for,
+            # symmetric cross-entropy as in CLIP
+            loss = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+        if on_epoch:
+            on_epoch(epoch, total / len(train_idx))
+    model.eval()
+    recall = recall_at_k(model, encoder, lib, test, k=10)
+    return TrainResult(model, recall, min(1.0, 10 / n), len(train_idx), len(test), time.perf_counter() - t0)
+
+
+def recall_at_k(model: Projection, encoder: TextEncoder, lib: LibraryText, which: np.ndarray, k: int = 10) -> float:
+    queries = [plain_text(lib.words[i]) for i in which]
+    with torch.inference_mode():
+        q = model(torch.from_numpy(encoder.encode(queries))).numpy()
+    sims = q @ lib.audio.T
+    hits = 0
+    for row, i in zip(sims, which):
+        top = np.argsort(-row, kind="stable")[:k]
+        hits += int(i in top)
+    return hits / len(which)
+
+
+def checkpoint_path(data_dir: Path, model: str) -> Path:
+    return data_dir / "text_projection" / f"{model}.pt"
+
+
+def save(path: Path, result: TrainResult, *, audio_model: str, audio_version: str, encoder: TextEncoder) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    lin_in, lin_out = result.projection.net[0], result.projection.net[3]
+    torch.save(
+        {
+            "format": FORMAT, "state_dict": result.projection.state_dict(),
+            "in_dim": lin_in.in_features, "hidden": lin_in.out_features, "out_dim": lin_out.out_features,
+            "audio_model": audio_model, "audio_version": audio_version,
+            "text_encoder": f"{encoder.name}:{encoder.version}",
+            "recall_at_10": result.recall_at_10, "chance_at_10": result.chance_at_10,
+            "n_train": result.n_train, "n_test": result.n_test, "trained_at": time.time(),
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+class TextProjector:
+    """A loaded checkpoint: text -> unit vectors in the audio model's space."""
+
+    def __init__(self, path: Path, encoder: TextEncoder):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+        if ckpt.get("format") != FORMAT:
+            raise ValueError(f"{path}: unknown checkpoint format {ckpt.get('format')}")
+        if ckpt["text_encoder"] != f"{encoder.name}:{encoder.version}":
+            raise ValueError(f"{path} was trained with text encoder {ckpt['text_encoder']}; run `sidecar train-text` again")
+        self.meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+        self.model = Projection(ckpt["in_dim"], ckpt["out_dim"], ckpt["hidden"])
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.model.eval()
+        self.encoder = encoder
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(self.encoder.encode(texts))).numpy()
