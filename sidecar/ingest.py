@@ -261,6 +261,8 @@ class IngestWorker:
                 continue
             t0 = time.perf_counter()
             await asyncio.to_thread(self.store.upsert, model, [(track_id, result.vector, audio.content_hash)])
+            if emb.store_segments and result.segments is not None:
+                await asyncio.to_thread(self.store.replace_segments, model, track_id, result.segments, audio.content_hash)
             metrics.STAGE_SECONDS.labels("store").observe(time.perf_counter() - t0)
             self.catalog.record_embedding(
                 track_id, model, emb.version, audio.content_hash, tags=result.tags, features=result.features, seconds=seconds

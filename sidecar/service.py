@@ -67,7 +67,7 @@ class Sidecar:
         try:
             self.store = await asyncio.to_thread(VectorStore, s.milvus_target, s.milvus_token)
             for name, emb in self.embedders.ready.items():
-                await asyncio.to_thread(self.store.ensure_collection, name, emb.dim)
+                await asyncio.to_thread(self.store.ensure_collection, name, emb.dim, segments=emb.store_segments)
         except Exception as e:
             raise SidecarError(str(e)) from None
         await asyncio.to_thread(self._open_text)

@@ -25,6 +25,14 @@ def collection_name(model: str) -> str:
     return f"emb_{model}"
 
 
+def segments_name(model: str) -> str:
+    return f"seg_{model}"
+
+
+def _quoted(ids) -> str:
+    return ", ".join('"' + str(i).replace('"', "") + '"' for i in ids)
+
+
 class VectorStore:
     def __init__(self, uri: str, token: str = ""):
         self.uri = uri
@@ -60,21 +68,32 @@ class VectorStore:
                 except Exception:  # best effort: process exit releases it too
                     log.debug("could not release the Milvus Lite lock", exc_info=True)
 
-    def ensure_collection(self, model: str, dim: int) -> None:
-        """Create the model's collection if missing, load it, and check its dimension."""
+    def ensure_collection(self, model: str, dim: int, *, segments: bool = False) -> None:
+        """Create the model's collection if missing, load it, and check its dimension. With `segments`, also
+        the collection of its per-segment vectors (primary key "<track id>:<n>")."""
+        self._ensure(collection_name(model), model, dim, pk_length=64)
+        if segments:
+            self._ensure(segments_name(model), model, dim, pk_length=80, track_field=True)
+
+    def _ensure(self, name: str, model: str, dim: int, *, pk_length: int, track_field: bool = False) -> None:
         from pymilvus import DataType
 
-        name = collection_name(model)
         with self._lock:
             if not self.client.has_collection(name):
                 schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-                schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=64)
+                schema.add_field("id" if track_field else ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=pk_length)
+                if track_field:
+                    schema.add_field(ID_FIELD, DataType.VARCHAR, max_length=64)
                 schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
                 schema.add_field(HASH_FIELD, DataType.VARCHAR, max_length=64)
                 index = self.client.prepare_index_params()
                 # FLAT: exact, and nothing to build in the background (see FACTS.md on Lite's HNSW files)
                 index.add_index(field_name=VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
                 self.client.create_collection(name, schema=schema, index_params=index)
+                if track_field:
+                    scalar = self.client.prepare_index_params()
+                    scalar.add_index(field_name=ID_FIELD, index_type="INVERTED")
+                    self.client.create_index(name, scalar)
             else:
                 fields = self.client.describe_collection(name)["fields"]
                 have = next(int(f["params"]["dim"]) for f in fields if f["name"] == VECTOR_FIELD)
@@ -84,17 +103,37 @@ class VectorStore:
                         "re-embed into a new collection (sidecar replay) or drop the old one"
                     )
             self.client.load_collection(name)  # reopened collections are not loaded
-        self._dims[model] = dim
+        self._dims[name] = dim
 
     def upsert(self, model: str, rows: list[tuple[str, np.ndarray, str]]) -> None:
         data = [{ID_FIELD: tid, VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), HASH_FIELD: h} for tid, v, h in rows]
         with self._lock:
             self.client.upsert(collection_name(model), data)
 
+    def replace_segments(self, model: str, track_id: str, vectors: np.ndarray, content_hash: str) -> None:
+        """The track's segment vectors, replacing any it had (a re-embed may make fewer segments)."""
+        name = segments_name(model)
+        data = [
+            {"id": f"{track_id}:{i}", ID_FIELD: track_id, VECTOR_FIELD: np.asarray(v, np.float32).tolist(), HASH_FIELD: content_hash}
+            for i, v in enumerate(vectors)
+        ]
+        with self._lock:
+            self.client.delete(name, filter=f"{ID_FIELD} == {_quoted([track_id])} and id not in [{_quoted(d['id'] for d in data)}]")
+            if data:
+                self.client.upsert(name, data)
+
+    def segment_ids(self, model: str, track_id: str) -> list[str]:
+        with self._lock:
+            rows = self.client.query(segments_name(model), filter=f"{ID_FIELD} == {_quoted([track_id])}", output_fields=["id"])
+        return sorted(r["id"] for r in rows)
+
     def delete(self, model: str, track_ids: list[str]) -> None:
+        """The tracks' vectors, and their segments where the model keeps them."""
         if track_ids:
             with self._lock:
                 self.client.delete(collection_name(model), ids=list(track_ids))
+                if segments_name(model) in self._dims:
+                    self.client.delete(segments_name(model), filter=f"{ID_FIELD} in [{_quoted(track_ids)}]")
 
     def get_vectors(self, model: str, track_ids: list[str]) -> dict[str, np.ndarray]:
         if not track_ids:
@@ -105,10 +144,7 @@ class VectorStore:
 
     def search(self, model: str, vector: np.ndarray, limit: int, exclude: list[str] = ()) -> list[tuple[str, float]]:
         """(track_id, cosine similarity), best first."""
-        expr = ""
-        if exclude:
-            quoted = ", ".join('"' + e.replace('"', "") + '"' for e in exclude)
-            expr = f"{ID_FIELD} not in [{quoted}]"
+        expr = f"{ID_FIELD} not in [{_quoted(exclude)}]" if exclude else ""
         with self._lock:
             hits = self.client.search(
                 collection_name(model), data=[np.asarray(vector, dtype=np.float32).tolist()], limit=limit,

@@ -17,6 +17,8 @@ Audio is real music (the `excerpts` fixture: 30-second OGG excerpts), decoded by
 """
 from __future__ import annotations
 
+import asyncio
+
 import json
 import shutil
 from pathlib import Path
@@ -523,3 +525,33 @@ def test_entry_points_and_core_loader(mert_checkpoint, clap_checkpoint, tmp_path
     )
     assert set(loaded.ready) == {"mert"} and loaded.ready["mert"].dim == 64
     assert CLAP_ENV in loaded.unavailable["clap"]
+
+
+async def test_mert_configured_by_settings_runs_in_the_ingest_pipeline_and_keeps_segments(
+    mert_checkpoint, music_dir, tmp_path, models_dir
+):
+    """The whole user path: a checkpoint named in settings, the real worker, vectors and segments in Milvus."""
+    from sidecar.config import Settings
+    from sidecar.service import Sidecar
+    from tests.test_ingest import until_idle
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(models_dir)
+    settings = Settings(
+        music_dir=[music_dir], data_dir=data, embedders=["mert", "dsp"], reconcile_interval_s=0,
+        plugins={"mert": {"checkpoint": str(mert_checkpoint)}},
+    )
+    sc = Sidecar(settings)
+    await sc.start(http=False, watch=False)
+    try:
+        await until_idle(sc, processed=5)
+        assert sc.catalog.counts()["models"]["mert"] == {"done": 5, "failed": 0}
+        stored = await asyncio.to_thread(sc.store.all_ids, "mert")
+        assert len(stored) == len(set(stored)) == 5
+        for track_id in stored:  # 30-second excerpts: six 5-second windows each
+            assert await asyncio.to_thread(sc.store.segment_ids, "mert", track_id) == [f"{track_id}:{i}" for i in range(6)]
+        hits = await asyncio.to_thread(sc.store.search, "mert", (await asyncio.to_thread(sc.store.get_vectors, "mert", stored[:1]))[stored[0]], 1)
+        assert hits[0][0] == stored[0]
+    finally:
+        await sc.close()
