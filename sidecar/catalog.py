@@ -55,6 +55,38 @@ CREATE TABLE IF NOT EXISTS replays (
     started_at REAL NOT NULL,
     finished_at REAL
 );
+CREATE TABLE IF NOT EXISTS listens (
+    user TEXT NOT NULL,
+    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
+    played_at REAL NOT NULL,
+    submission INTEGER NOT NULL DEFAULT 1,
+    source TEXT,
+    PRIMARY KEY (user, track_id, played_at)
+);
+CREATE INDEX IF NOT EXISTS listens_recent ON listens(user, played_at DESC);
+CREATE TABLE IF NOT EXISTS ratings (
+    user TEXT NOT NULL,
+    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
+    rating INTEGER CHECK (rating BETWEEN 0 AND 5),
+    starred INTEGER NOT NULL DEFAULT 0,
+    play_count INTEGER,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (user, track_id)
+);
+CREATE TABLE IF NOT EXISTS external_ids (
+    server TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
+    PRIMARY KEY (server, external_id)
+);
+CREATE INDEX IF NOT EXISTS external_by_track ON external_ids(track_id);
+CREATE TABLE IF NOT EXISTS playlists (
+    playlist_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    user TEXT,
+    track_ids TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY,
     size INTEGER, mtime_ns INTEGER,
@@ -270,6 +302,89 @@ class Catalog:
     def replays(self, status: str | None = None) -> list[dict]:
         rows = self._q("SELECT * FROM replays WHERE ? IS NULL OR status = ? ORDER BY started_at", (status, status))
         return [dict(r, models=json.loads(r["models"])) for r in rows]
+
+    # ---- listening history: plays, stars, ratings (from scrobbles and the media server)
+    def add_listen(self, user: str, track_id: str, played_at: float, *, submission: bool = True, source: str = "") -> bool:
+        """Record a play; a second report of the same play is ignored. False if the track is unknown."""
+        if not self._q("SELECT 1 FROM tracks WHERE track_id = ?", (track_id,)):
+            return False
+        self._q(
+            "INSERT OR IGNORE INTO listens (user, track_id, played_at, submission, source) VALUES (?, ?, ?, ?, ?)",
+            (user, track_id, played_at, int(submission), source),
+        )
+        return True
+
+    def recent_listens(self, user: str, limit: int = 50, *, submissions_only: bool = True) -> list[tuple[str, float]]:
+        rows = self._q(
+            "SELECT track_id, MAX(played_at) AS played_at FROM listens WHERE user = ? AND (submission = 1 OR ? = 0)"
+            " GROUP BY track_id ORDER BY played_at DESC LIMIT ?",
+            (user, int(submissions_only), limit),
+        )
+        return [(r["track_id"], r["played_at"]) for r in rows]
+
+    def played_tracks(self, user: str) -> set[str]:
+        return {r["track_id"] for r in self._q("SELECT DISTINCT track_id FROM listens WHERE user = ?", (user,))} | {
+            r["track_id"] for r in self._q("SELECT track_id FROM ratings WHERE user = ? AND play_count > 0", (user,))
+        }
+
+    def set_rating(
+        self, user: str, track_id: str, *, rating: int | None = None, starred: bool | None = None, play_count: int | None = None
+    ) -> bool:
+        """Update what is given, keep the rest. False if the track is unknown."""
+        if not self._q("SELECT 1 FROM tracks WHERE track_id = ?", (track_id,)):
+            return False
+        self._q(
+            "INSERT INTO ratings (user, track_id, rating, starred, play_count, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(user, track_id) DO UPDATE SET rating = COALESCE(excluded.rating, rating),"
+            " starred = CASE WHEN ? IS NULL THEN starred ELSE excluded.starred END,"
+            " play_count = COALESCE(excluded.play_count, play_count), updated_at = excluded.updated_at",
+            (user, track_id, rating, int(bool(starred)), play_count, time.time(), starred),
+        )
+        return True
+
+    def favorites(self, user: str, min_rating: int = 4) -> list[tuple[str, float]]:
+        """Starred or well-rated tracks, with when that was last said."""
+        rows = self._q(
+            "SELECT track_id, updated_at FROM ratings WHERE user = ? AND (starred = 1 OR rating >= ?) ORDER BY updated_at DESC",
+            (user, min_rating),
+        )
+        return [(r["track_id"], r["updated_at"]) for r in rows]
+
+    def low_rated(self, user: str, max_rating: int = 2) -> set[str]:
+        rows = self._q("SELECT track_id FROM ratings WHERE user = ? AND rating BETWEEN 1 AND ?", (user, max_rating))
+        return {r["track_id"] for r in rows}
+
+    # ---- the media server's ids for our tracks
+    def set_external_id(self, server: str, external_id: str, track_id: str) -> None:
+        self._q(
+            "INSERT INTO external_ids (server, external_id, track_id) VALUES (?, ?, ?) ON CONFLICT(server, external_id)"
+            " DO UPDATE SET track_id = excluded.track_id",
+            (server, external_id, track_id),
+        )
+
+    def resolve_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        """Our track id for each given id, which may be ours or a media server's; unknown ids are left out."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        out = {r["track_id"]: r["track_id"] for r in self._q(f"SELECT track_id FROM tracks WHERE track_id IN ({marks})", ids)}
+        for r in self._q(f"SELECT external_id, track_id FROM external_ids WHERE external_id IN ({marks})", ids):
+            out.setdefault(r["external_id"], r["track_id"])
+        return out
+
+    # ---- playlists the sidecar made (written back to the media server by its adapter)
+    def save_playlist(self, playlist_id: str, name: str, user: str | None, track_ids: list[str]) -> None:
+        self._q(
+            "INSERT INTO playlists (playlist_id, name, user, track_ids, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(playlist_id) DO UPDATE SET name = excluded.name, user = excluded.user,"
+            " track_ids = excluded.track_ids, updated_at = excluded.updated_at",
+            (playlist_id, name, user, json.dumps(track_ids), time.time()),
+        )
+
+    def playlist_tracks(self, playlist_id: str) -> list[str] | None:
+        rows = self._q("SELECT track_ids FROM playlists WHERE playlist_id = ?", (playlist_id,))
+        return json.loads(rows[0]["track_ids"]) if rows else None
 
     # ---- reads for the API
     def track(self, track_id: str) -> dict | None:

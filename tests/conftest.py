@@ -74,3 +74,57 @@ def music_dir(tmp_path, excerpts) -> Path:
     for t in excerpts[:5]:
         shutil.copy2(t, root / t.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def analysed_library(tmp_path_factory, genre_excerpts, models_dir) -> dict:
+    """51 real tracks (34 orchestral, 17 electronic excerpts) analysed once by `sidecar scan`, shared by the
+    suites that query a library. Their kind is known by file name; the folder name says nothing.
+
+    {"music": folder, "data": data dir, "kinds": {title: "orchestral" | "electronic"}}. Tests that change
+    the catalog or the store must work on a copy (see `copy_library`)."""
+    from typer.testing import CliRunner
+
+    from sidecar.cli import app
+
+    root = tmp_path_factory.mktemp("library")
+    music, data = root / "music" / "library", root / "data"
+    music.mkdir(parents=True)
+    data.mkdir()
+    (data / "models").symlink_to(models_dir)
+    kinds = {}
+    for kind, files in genre_excerpts.items():
+        for f in files:
+            shutil.copy(f, music / f.name)
+            kinds[f.stem] = kind
+    result = CliRunner().invoke(app, ["scan", str(music.parent), "--data-dir", str(data)])
+    assert result.exit_code == 0 and "51 analysed" in result.output, result.output
+    return {"music": music.parent, "data": data, "kinds": kinds}
+
+
+@pytest.fixture
+async def open_sidecar(analysed_library):
+    """Open (not start) sidecars on the analysed library: stores, models and text search, no ingest."""
+    from sidecar.config import Settings
+    from sidecar.service import Sidecar
+
+    made = []
+
+    async def open_(data_dir: Path | None = None, **overrides) -> Sidecar:
+        settings = Settings(music_dir=[analysed_library["music"]], data_dir=data_dir or analysed_library["data"], **overrides)
+        sc = Sidecar(settings)
+        await sc.open()
+        made.append(sc)
+        return sc
+
+    yield open_
+    for sc in made:
+        await sc.close()
+
+
+@pytest.fixture
+def copy_library(analysed_library, tmp_path) -> Path:
+    """A private copy of the analysed library's data dir, for tests that write to it."""
+    data = tmp_path / "data"
+    shutil.copytree(analysed_library["data"], data, symlinks=True)
+    return data

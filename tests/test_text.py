@@ -2,7 +2,6 @@
 zero-shot over the analysis, and the projection trained by `sidecar train-text`."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 
@@ -12,89 +11,59 @@ from typer.testing import CliRunner
 
 from schemas.api import TextRecommendationRequest
 from sidecar.cli import app
-from sidecar.config import Settings
-from sidecar.service import Sidecar
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, genre_excerpts, models_dir):
-    """51 real tracks analysed once by `sidecar scan`; kind by file name. The folder name says nothing."""
-    root = tmp_path_factory.mktemp("text")
-    music, data = root / "music" / "library", root / "data"
-    music.mkdir(parents=True)
-    data.mkdir()
-    (data / "models").symlink_to(models_dir)
-    kinds = {}
-    for kind, files in genre_excerpts.items():
-        for f in files:
-            shutil.copy(f, music / f.name)
-            kinds[f.stem] = kind
-    result = CliRunner().invoke(app, ["scan", str(music.parent), "--data-dir", str(data)])
-    assert result.exit_code == 0 and "51 analysed" in result.output, result.output
-    return {"music": music.parent, "data": data, "kinds": kinds}
-
-
-@pytest.fixture
-async def sidecar(library):
-    made = []
-
-    async def open_(**overrides) -> Sidecar:
-        sc = Sidecar(Settings(music_dir=[library["music"]], data_dir=library["data"], **overrides))
-        await sc.open()
-        made.append(sc)
-        return sc
-
-    yield open_
-    for sc in made:
-        await sc.close()
+def trained(analysed_library, tmp_path_factory):
+    """A copy of the analysed library with a projection trained by `sidecar train-text`."""
+    data = tmp_path_factory.mktemp("trained") / "data"
+    shutil.copytree(analysed_library["data"], data, symlinks=True)
+    result = CliRunner().invoke(app, ["train-text", "--data-dir", str(data), "--epochs", "60"])
+    return data, result
 
 
 def kinds_of(library, playlist) -> list[str]:
     return [library["kinds"][t.title] for t in playlist.tracks]
 
 
-async def test_zero_shot_tags_path_tells_orchestral_from_electronic(sidecar, library):
-    sc = await sidecar()
+async def test_zero_shot_tags_path_tells_orchestral_from_electronic(open_sidecar, analysed_library):
+    sc = await open_sidecar()
     orch = sc.text.recommend(TextRecommendationRequest(text="orchestral", method="tags", limit=5))
     edm = sc.text.recommend(TextRecommendationRequest(text="electronic dance", method="tags", limit=5))
-    assert kinds_of(library, orch) == ["orchestral"] * 5
-    assert kinds_of(library, edm) == ["electronic"] * 5
+    assert kinds_of(analysed_library, orch) == ["orchestral"] * 5
+    assert kinds_of(analysed_library, edm) == ["electronic"] * 5
     assert orch.matched[0].concept == "orchestral" and "orchestral" in orch.tracks[0].reasons[0]
     # a negative clause turns the ranking around
     not_edm = sc.text.recommend(TextRecommendationRequest(text="no electronic dance", method="tags", limit=5))
-    assert kinds_of(library, not_edm) == ["orchestral"] * 5
+    assert kinds_of(analysed_library, not_edm) == ["orchestral"] * 5
 
 
-def test_train_text_reports_held_out_recall_far_above_chance(library):
-    result = CliRunner().invoke(app, ["train-text", "--data-dir", str(library["data"]), "--epochs", "60"])
+def test_train_text_reports_held_out_recall_far_above_chance(trained):
+    data, result = trained
     assert result.exit_code == 0, result.output
     recall, chance = map(float, re.search(r"recall@10: ([\d.]+) \(chance ([\d.]+)\)", result.output).groups())
     assert chance == pytest.approx(10 / 51, abs=0.01)
     assert recall >= 3 * chance, result.output
-    assert (library["data"] / "text_projection" / "musicnn.pt").exists()
+    assert (data / "text_projection" / "musicnn.pt").exists()
 
 
-async def test_projection_path_tells_orchestral_from_electronic(sidecar, library):
-    if not (library["data"] / "text_projection" / "musicnn.pt").exists():
-        test_train_text_reports_held_out_recall_far_above_chance(library)
-    sc = await sidecar()
+async def test_projection_path_tells_orchestral_from_electronic(open_sidecar, analysed_library, trained):
+    sc = await open_sidecar(trained[0])
     assert sc.text.text_models() == {"musicnn": "projection"}
     orch = sc.text.recommend(TextRecommendationRequest(text="orchestral", limit=5))
     edm = sc.text.recommend(TextRecommendationRequest(text="electronic dance", limit=5))
     assert orch.method == edm.method == "vector"
-    assert kinds_of(library, orch)[0] == "orchestral" and kinds_of(library, orch).count("orchestral") >= 4
-    assert kinds_of(library, edm)[0] == "electronic" and kinds_of(library, edm).count("electronic") >= 4
+    assert kinds_of(analysed_library, orch)[0] == "orchestral" and kinds_of(analysed_library, orch).count("orchestral") >= 4
+    assert kinds_of(analysed_library, edm)[0] == "electronic" and kinds_of(analysed_library, edm).count("electronic") >= 4
     assert not {t.track_id for t in orch.tracks} & {t.track_id for t in edm.tracks}
 
 
-async def test_text_api_lists_models_and_rejects_bad_requests(sidecar, library):
-    if not (library["data"] / "text_projection" / "musicnn.pt").exists():
-        test_train_text_reports_held_out_recall_far_above_chance(library)
+async def test_text_api_lists_models_and_rejects_bad_requests(open_sidecar, trained):
     from sidecar.api import make_app
 
-    sc = await sidecar(embedders=["musicnn", "dsp", "mert"])
+    sc = await open_sidecar(trained[0], embedders=["musicnn", "dsp", "mert"])
     async with TestClient(TestServer(make_app(sc))) as client:
         models = {m["name"]: m for m in (await (await client.get("/api/models")).json())["models"]}
         assert models["musicnn"]["text_via"] == "projection" and models["musicnn"]["tracks_embedded"] == 51
