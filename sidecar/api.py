@@ -214,4 +214,8 @@ def make_app(sc: "Sidecar") -> web.Application:
     app.router.add_post("/api/embed_text", embed_text)
     app.router.add_post("/api/recommendations/text", text_recommendations)
     app.router.add_get("/metrics", prometheus_metrics)
+    from sidecar import clustering, explore, instant  # each keeps its routes beside its logic
+
+    for module in (explore, clustering, instant):
+        app.router.add_routes(module.routes)
     return app
