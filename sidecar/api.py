@@ -27,7 +27,7 @@ class ApiError(Exception):
         self.status, self.body = status, ErrorBody(error=error, field=field)
 
 
-def _json(model: BaseModel | list, status: int = 200) -> web.Response:
+def json_response(model: BaseModel | list, status: int = 200) -> web.Response:
     if isinstance(model, list):
         text = "[" + ",".join(m.model_dump_json() for m in model) + "]"
     else:
@@ -62,7 +62,7 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 def _text(request: web.Request):
-    sc = _sidecar(request)
+    sc = sidecar_of(request)
     if sc.text is None:
         raise ApiError(503, f"text search is unavailable: {sc.text_unavailable}")
     return sc.text
@@ -73,29 +73,29 @@ async def errors_as_json(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as e:
-        return _json(e.body, e.status)
+        return json_response(e.body, e.status)
     except web.HTTPException as e:  # 404 for unknown routes, 405...
         if e.status < 400:
             raise
-        return _json(ErrorBody(error=e.reason), e.status)
+        return json_response(ErrorBody(error=e.reason), e.status)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _json(ErrorBody(error="internal error; see the sidecar's log"), 500)
+        return json_response(ErrorBody(error="internal error; see the sidecar's log"), 500)
 
 
-def _sidecar(request: web.Request) -> "Sidecar":
+def sidecar_of(request: web.Request) -> "Sidecar":
     return request.app[SIDECAR]
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json(Health(status="ok", version=sidecar.__version__))
+    return json_response(Health(status="ok", version=sidecar.__version__))
 
 
 async def status(request: web.Request) -> web.Response:
-    sc = _sidecar(request)
+    sc = sidecar_of(request)
     counts = sc.catalog.counts()
     stats = sc.worker.stats
-    return _json(
+    return json_response(
         Status(
             **counts,
             embedders_ready=list(sc.embedders.ready),
@@ -114,22 +114,22 @@ async def status(request: web.Request) -> web.Response:
 
 async def list_tracks(request: web.Request) -> web.Response:
     q = parse_query(request, TracksQuery)
-    rows = _sidecar(request).catalog.search(q.query, q.limit)
-    return _json(TrackList(tracks=[TrackBrief(**r) for r in rows]))
+    rows = sidecar_of(request).catalog.search(q.query, q.limit)
+    return json_response(TrackList(tracks=[TrackBrief(**r) for r in rows]))
 
 
 async def get_track(request: web.Request) -> web.Response:
     track_id = request.match_info["track_id"]
-    t = _sidecar(request).catalog.track(track_id)
+    t = sidecar_of(request).catalog.track(track_id)
     if t is None:
         raise ApiError(404, f"no track with id {track_id!r}", "track_id")
     t["path"] = t["paths"][0] if t["paths"] else None
-    return _json(TrackDetail(**t))
+    return json_response(TrackDetail(**t))
 
 
 async def similar_tracks(request: web.Request) -> web.Response:
     q = parse_query(request, SimilarTracksQuery)
-    sc = _sidecar(request)
+    sc = sidecar_of(request)
     model = q.model or sc.default_model
     if model not in sc.embedders.ready:
         raise ApiError(400, f"unknown or unavailable model {model!r}; available: {', '.join(sc.embedders.ready)}", "model")
@@ -145,11 +145,11 @@ async def similar_tracks(request: web.Request) -> web.Response:
         for tid, sim in hits
         if (m := meta.get(tid)) is not None
     ]
-    return _json(out)
+    return json_response(out)
 
 
 async def list_models(request: web.Request) -> web.Response:
-    sc = _sidecar(request)
+    sc = sidecar_of(request)
     counts = sc.catalog.counts()["models"]
     text_models = sc.text.text_models() if sc.text else {}
     out = [
@@ -166,7 +166,7 @@ async def list_models(request: web.Request) -> web.Response:
         out.append(ModelInfo(name=enc.name, kind="text_encoder", version=enc.version, dim=enc.dim, available=True, supports_text=True))
     else:
         out.append(ModelInfo(name=sc.settings.text_encoder, kind="text_encoder", available=False, reason=sc.text_unavailable))
-    return _json(ModelList(models=out))
+    return json_response(ModelList(models=out))
 
 
 async def embed_text(request: web.Request) -> web.Response:
@@ -178,7 +178,7 @@ async def embed_text(request: web.Request) -> web.Response:
         vectors, via = await asyncio.to_thread(text.embed_text, req.model, [req.text])
     except UnsupportedModel as e:
         raise ApiError(400, str(e), "model") from None
-    return _json(EmbedTextResponse(model=req.model, dim=vectors.shape[1], via=via, vector=vectors[0].tolist()))
+    return json_response(EmbedTextResponse(model=req.model, dim=vectors.shape[1], via=via, vector=vectors[0].tolist()))
 
 
 async def text_recommendations(request: web.Request) -> web.Response:
@@ -193,7 +193,7 @@ async def text_recommendations(request: web.Request) -> web.Response:
         playlist = await asyncio.to_thread(text.recommend, req)
     except UnsupportedModel as e:
         raise ApiError(400, str(e), "method") from None
-    return _json(playlist)
+    return json_response(playlist)
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:

@@ -6,6 +6,13 @@ TensorFlow, neither of which is used), reads its TensorFlow-1 checkpoint with nu
 the per-patch dense(1506->200) pre-activations (the vector AudioMuse-AI averages), the per-patch vectors as
 segments, and the mean sigmoid probability of the 50 Million Song Dataset tags.
 
+Options (SIDECAR_PLUGINS__MUSICNN__<OPTION>):
+  backend  "torch" (default) or "onnx": with "onnx", `prepare` also exports the model to
+           `<models_dir>/musicnn/msd_musicnn.onnx` and inference runs on ONNX Runtime (CPU). Both backends
+           agree with the TensorFlow reference within 1e-4, so they share one `version`.
+  threads  ONNX Runtime intra-op threads per inference (default 1; the torch backend follows the process-wide
+           torch thread setting).
+
 Model, weights and tags: ISC licence, Music Technology Group, Universitat Pompeu Fabra.
 """
 from __future__ import annotations
@@ -15,13 +22,16 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from schemas.embedding import EmbedResult
-from sidecar.plugin_api import Embedder, EmbedderUnavailable
+from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
 
+from .onnx_backend import INPUT as ONNX_INPUT
+from .onnx_backend import OUTPUTS as OUTPUT_NAMES  # the fields of MusicnnOutput
 from .preprocess import SAMPLE_RATE, audio_to_patches
 
 __all__ = ["MusicnnEmbedder", "MSD_TAGS", "download_wheel", "weights_path"]
@@ -31,6 +41,7 @@ log = logging.getLogger(__name__)
 PACKAGE = "musicnn==0.1.0"
 WEIGHTS_FILE = "msd_musicnn.safetensors"
 BATCH = 16  # patches per forward pass
+BACKENDS = ("torch", "onnx")
 
 MSD_TAGS: tuple[str, ...] = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
@@ -83,10 +94,44 @@ class MusicnnEmbedder(Embedder):
     sample_rate = SAMPLE_RATE
 
     def __init__(self) -> None:
-        self._model = None
+        self.options: dict[str, str] = {}
+        self.backend = "torch"
+        self.threads = 1
+        self._model = None  # torch backend
+        self._session = None  # onnx backend: an onnxruntime.InferenceSession
+
+    def configure(self, options: Mapping[str, str]) -> None:
+        opts = {str(k).lower(): str(v).strip() for k, v in options.items()}
+        backend = opts.get("backend", "torch").lower() or "torch"
+        if backend not in BACKENDS:
+            raise EmbedderUnavailable(
+                f"{option_env(self.name, 'backend')}={opts['backend']!r} is not a MusiCNN backend: "
+                f"use one of {', '.join(BACKENDS)}"
+            )
+        raw = opts.get("threads", "1") or "1"
+        try:
+            threads = int(raw)
+        except ValueError:
+            threads = 0
+        if not 1 <= threads <= 256:
+            raise EmbedderUnavailable(
+                f"{option_env(self.name, 'threads')}={raw!r}: expected a whole number of threads from 1 to 256"
+            )
+        for k in opts.keys() - {"backend", "threads"}:
+            log.warning("ignoring unknown MusiCNN option %s", option_env(self.name, k))
+        self.options, self.backend, self.threads = opts, backend, threads
 
     # ---------------------------------------------------------------------------------------------- setup
     def prepare(self, models_dir: Path) -> None:
+        self._prepare_weights(models_dir)
+        if self.backend == "onnx":
+            from .onnx_backend import export_onnx, onnx_is_current, onnx_path
+
+            weights, dest = weights_path(models_dir), onnx_path(models_dir)
+            if not onnx_is_current(dest, weights, self.version):
+                export_onnx(weights, dest, self.version)
+
+    def _prepare_weights(self, models_dir: Path) -> None:
         dest = weights_path(models_dir)
         if dest.exists():
             return
@@ -105,6 +150,9 @@ class MusicnnEmbedder(Embedder):
         path = weights_path(models_dir)
         if not path.exists():
             raise EmbedderUnavailable(f"MusiCNN weights not found at {path}: run `sidecar setup`")
+        if self.backend == "onnx":
+            self._load_onnx(models_dir)
+            return
         from safetensors.torch import load_file
 
         from .model import MusicnnMSD, load_state
@@ -117,7 +165,31 @@ class MusicnnEmbedder(Embedder):
                 f"MusiCNN weights at {path} are unreadable ({e}): delete the file and run `sidecar setup`"
             ) from e
         model.requires_grad_(False)
-        self._model = model
+        self._model, self._session = model, None
+
+    def _load_onnx(self, models_dir: Path) -> None:
+        from .onnx_backend import make_session, onnx_is_current, onnx_path
+
+        path = onnx_path(models_dir)
+        if not path.exists():
+            raise EmbedderUnavailable(f"MusiCNN ONNX model not found at {path}: run `sidecar setup`")
+        try:
+            session = make_session(path, self.threads)
+        except EmbedderUnavailable:
+            raise
+        except Exception as e:
+            raise EmbedderUnavailable(
+                f"MusiCNN ONNX model at {path} is unreadable ({e}): delete the file and run `sidecar setup`"
+            ) from e
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        if not onnx_is_current(path, weights_path(models_dir), self.version, meta):
+            raise EmbedderUnavailable(
+                f"MusiCNN ONNX model at {path} is older than the weights or from another version: run `sidecar setup`"
+            )
+        names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if names[0] != [ONNX_INPUT] or not set(OUTPUT_NAMES) <= set(names[1]):
+            raise EmbedderUnavailable(f"MusiCNN ONNX model at {path} has unexpected inputs/outputs {names}")
+        self._model, self._session = None, session
 
     # ---------------------------------------------------------------------------------------------- inference
     def infer(self, patches: np.ndarray) -> dict[str, np.ndarray]:
@@ -125,24 +197,30 @@ class MusicnnEmbedder(Embedder):
 
         Returns float32 arrays: dense_preact (n, 200), penultimate (n, 200), logits (n, 50), taggram (n, 50).
         """
-        import torch
-
-        model = self._model
-        if model is None:
+        if self._model is None and self._session is None:
             raise EmbedderUnavailable("MusiCNN is not loaded: call load() first")
         x = np.ascontiguousarray(patches, dtype=np.float32)
         if x.ndim != 3 or x.shape[0] == 0 or x.shape[1:] != (187, 96):
             raise ValueError(f"expected patches of shape (n >= 1, 187, 96), got {x.shape}")
-        outs: dict[str, list[np.ndarray]] = {k: [] for k in ("dense_preact", "penultimate", "logits", "taggram")}
-        with torch.inference_mode():
+        outs: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
+        if self._session is not None:
+            session = self._session  # InferenceSession.run is thread-safe
             for i in range(0, x.shape[0], BATCH):
-                o = model(torch.from_numpy(x[i : i + BATCH]))
-                for k in outs:
-                    outs[k].append(getattr(o, k).numpy())
+                for k, v in zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {ONNX_INPUT: x[i : i + BATCH]})):
+                    outs[k].append(v)
+        else:
+            import torch
+
+            model = self._model
+            with torch.inference_mode():
+                for i in range(0, x.shape[0], BATCH):
+                    o = model(torch.from_numpy(x[i : i + BATCH]))
+                    for k in outs:
+                        outs[k].append(getattr(o, k).numpy())
         return {k: np.concatenate(v, axis=0) for k, v in outs.items()}
 
     def embed(self, audio: np.ndarray) -> EmbedResult:
-        if self._model is None:
+        if self._model is None and self._session is None:
             raise EmbedderUnavailable("MusiCNN is not loaded: call load() first")
         patches = audio_to_patches(audio)
         out = self.infer(patches)
