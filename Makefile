@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test setup clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt -r requirements-nodeps.txt
 	touch $@
 
 setup: $(STAMP)

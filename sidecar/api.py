@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
@@ -196,6 +197,33 @@ async def text_recommendations(request: web.Request) -> web.Response:
     return json_response(playlist)
 
 
+async def recommendations(request: web.Request) -> web.Response:
+    from schemas.recommend import RecommendationRequest
+    from sidecar.engine import RecommendError
+
+    req = await parse_body(request, RecommendationRequest)
+    try:
+        result = await asyncio.to_thread(sidecar_of(request).engine.recommend, req)
+    except RecommendError as e:
+        raise ApiError(400, str(e), e.field) from None
+    return json_response(result)
+
+
+async def scrobble_webhook(request: web.Request) -> web.Response:
+    """A play (or now-playing) from a scrobbler: stored in the listening history."""
+    from schemas.recommend import Scrobble
+
+    s = await parse_body(request, Scrobble)
+    sc = sidecar_of(request)
+    given = s.song_id or s.track_id
+    track_id = sc.catalog.resolve_ids([given]).get(given)
+    if track_id is None:
+        raise ApiError(404, f"no track known by id {given!r}", "song_id" if s.song_id else "track_id")
+    played_at = (s.time or datetime.now(timezone.utc)).timestamp()
+    sc.catalog.add_listen(s.user, track_id, played_at, submission=s.submission, source="webhook")
+    return web.json_response({"status": "recorded", "track_id": track_id}, status=202)
+
+
 async def prometheus_metrics(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -213,6 +241,8 @@ def make_app(sc: "Sidecar") -> web.Application:
     app.router.add_get("/api/models", list_models)
     app.router.add_post("/api/embed_text", embed_text)
     app.router.add_post("/api/recommendations/text", text_recommendations)
+    app.router.add_post("/api/recommendations", recommendations)
+    app.router.add_post("/webhooks/scrobble", scrobble_webhook)
     app.router.add_get("/metrics", prometheus_metrics)
     from sidecar import clustering, explore, instant  # each keeps its routes beside its logic
 

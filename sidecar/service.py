@@ -36,6 +36,7 @@ class Sidecar:
         self.reconciler: Reconciler | None = None
         self.watcher: FolderWatcher | None = None
         self.text = None  # TextRecommender, when a text encoder loads
+        self.engine = None
         self.text_unavailable: str | None = None
         self.idle = asyncio.Event()  # the ingest consumer has nothing in flight and saw no lag
         self.reconciled = asyncio.Event()  # the start-up reconcile walk has published its events
@@ -71,6 +72,9 @@ class Sidecar:
         except Exception as e:
             raise SidecarError(str(e)) from None
         await asyncio.to_thread(self._open_text)
+        from sidecar.engine import Engine
+
+        self.engine = Engine(self.catalog, self.store, self.embedders, self.text)
         self.bus = make_bus(s)
         try:
             await self.bus.start()

@@ -71,12 +71,13 @@ class Mirror:
     def get(self, ids: list[str]) -> dict[str, np.ndarray]:
         return {t: self._mat[self.pos[t]].copy() for t in ids if t in self.pos}
 
-    def similarities(self, query: np.ndarray) -> np.ndarray:
-        """Cosine similarity of every stored vector to `query`, in `ids` order."""
-        q = np.asarray(query, np.float32)
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
+    def similarities(self, queries: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every stored vector to a query (d,) -> (n,), or to several (k, d) -> (n, k)."""
+        q = np.asarray(queries, np.float32)
+        q = q / np.linalg.norm(q, axis=-1, keepdims=True).clip(1e-12)
         n = len(self.ids)
-        return (self._mat[:n] @ q) * self._inv_norm[:n]
+        inv = self._inv_norm[:n] if q.ndim == 1 else self._inv_norm[:n, None]
+        return (self._mat[:n] @ q.T) * inv
 
     def search(self, query: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
         sims = self.similarities(query)
@@ -118,6 +119,7 @@ class VectorStore:
             # does not implement; the client falls back by itself, so the traceback is noise.
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+            logging.getLogger("pymilvus").setLevel(logging.ERROR)  # "failed to get mvccTs": the same fallback
         try:
             self.client = MilvusClient(uri=uri, token=token)
         except Exception as e:
@@ -229,6 +231,12 @@ class VectorStore:
         """(track_id, cosine similarity), best first; exact."""
         with self._lock:
             return self.mirrors[model].search(vector, limit, exclude)
+
+    def similarities(self, model: str, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Cosine similarity of every track to each query: (track ids, (tracks, queries)); exact, in memory."""
+        with self._lock:
+            mirror = self.mirrors[model]
+            return list(mirror.ids), mirror.similarities(np.asarray(queries, np.float32).reshape(len(queries), -1))
 
     def count(self, model: str) -> int:
         with self._lock:

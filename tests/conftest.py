@@ -128,3 +128,17 @@ def copy_library(analysed_library, tmp_path) -> Path:
     data = tmp_path / "data"
     shutil.copytree(analysed_library["data"], data, symlinks=True)
     return data
+
+
+@pytest.fixture(scope="session")
+def trained(analysed_library, tmp_path_factory):
+    """(data dir, CLI result): a copy of the analysed library with a text projection trained by
+    `sidecar train-text`, so text seeds and prompts work on the musicnn model."""
+    from typer.testing import CliRunner
+
+    from sidecar.cli import app
+
+    data = tmp_path_factory.mktemp("trained") / "data"
+    shutil.copytree(analysed_library["data"], data, symlinks=True)
+    result = CliRunner().invoke(app, ["train-text", "--data-dir", str(data), "--epochs", "60"])
+    return data, result

@@ -3,7 +3,6 @@ zero-shot over the analysis, and the projection trained by `sidecar train-text`.
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,15 +12,6 @@ from schemas.api import TextRecommendationRequest
 from sidecar.cli import app
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def trained(analysed_library, tmp_path_factory):
-    """A copy of the analysed library with a projection trained by `sidecar train-text`."""
-    data = tmp_path_factory.mktemp("trained") / "data"
-    shutil.copytree(analysed_library["data"], data, symlinks=True)
-    result = CliRunner().invoke(app, ["train-text", "--data-dir", str(data), "--epochs", "60"])
-    return data, result
 
 
 def kinds_of(library, playlist) -> list[str]:
