@@ -35,6 +35,22 @@ class Settings(BaseSettings):
     milvus_token: str = Field(default="", repr=False)
 
     embedders: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["musicnn", "dsp"])
+    media_server_url: str = Field(default="", description="Navidrome or another Subsonic server, e.g. http://navidrome:4533; empty: none")
+    media_server_user: str = ""
+    media_server_password: str = Field(default="", repr=False, description="password, or enc:<hex> for servers without token auth")
+    media_server_api_key: str = Field(default="", repr=False, description="API key instead of user and password (OpenSubsonic)")
+    media_server_auth: Literal["token", "password"] = Field(
+        default="token", description="token: salted md5 token (Navidrome); password: p= (servers without token auth)"
+    )
+    media_server_path_prefix: str = Field(
+        default="", description="SERVER_PREFIX=LOCAL_PREFIX: how the server's song paths map to this sidecar's music mount"
+    )
+    media_server_sync_interval_s: float = Field(default=900, ge=0, description="stars, ratings and play counts; 0 disables")
+    media_server_scan_poll_s: float = Field(default=60, ge=0, description="poll getScanStatus; 0 disables")
+    webhook_secret: str = Field(default="", repr=False, description="shared secret the webhooks must present")
+    llm_url: str = Field(default="", description="OpenAI-compatible or Ollama base URL for the instant playlist; empty: none")
+    llm_model: str = ""
+    llm_api_key: str = Field(default="", repr=False)
     plugins: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="per-plugin options: SIDECAR_PLUGINS__MERT__CHECKPOINT=/path sets plugins['mert']['checkpoint']",
