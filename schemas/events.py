@@ -77,6 +77,7 @@ class ReplayRequested(_Event):
 
     type: Literal["replay.requested"] = "replay.requested"
     models: list[str] = Field(default_factory=list, max_length=32, description="re-embed these models even if unchanged; empty: only reprocess")
+    scope: str | None = Field(default=None, max_length=4096, description="only files under this folder; default: the whole library")
 
 
 LibraryEvent = Annotated[

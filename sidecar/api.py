@@ -244,8 +244,8 @@ def make_app(sc: "Sidecar") -> web.Application:
     app.router.add_post("/api/recommendations", recommendations)
     app.router.add_post("/webhooks/scrobble", scrobble_webhook)
     app.router.add_get("/metrics", prometheus_metrics)
-    from sidecar import clustering, explore, instant, mediaserver  # each keeps its routes beside its logic
+    from sidecar import batch, clustering, explore, instant, mediaserver  # each keeps its routes beside its logic
 
-    for module in (explore, clustering, instant, mediaserver):
+    for module in (batch, explore, clustering, instant, mediaserver):
         app.router.add_routes(module.routes)
     return app

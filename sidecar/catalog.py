@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS replays (
     replay_id TEXT PRIMARY KEY,
     consumer_group TEXT NOT NULL,
     models TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'cancelled')),
+    scope TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'cancelled', 'failed')),
     started_at REAL NOT NULL,
     finished_at REAL
 );
@@ -117,6 +118,16 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a catalog written by an older version up to this schema (PRAGMA user_version counts steps)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(replays)")}
+            if "scope" not in columns:
+                self._db.execute("ALTER TABLE replays ADD COLUMN scope TEXT")
+            self._db.execute("PRAGMA user_version = 1")
 
     def close(self) -> None:
         with self._lock:
@@ -285,10 +296,11 @@ class Catalog:
         return [dict(r) for r in rows]
 
     # ---- replays (re-embeds)
-    def start_replay(self, replay_id: str, group: str, models: list[str]) -> dict:
+    def start_replay(self, replay_id: str, group: str, models: list[str], scope: str | None = None) -> dict:
         self._q(
-            "INSERT OR IGNORE INTO replays (replay_id, consumer_group, models, status, started_at) VALUES (?, ?, ?, 'running', ?)",
-            (replay_id, group, json.dumps(models), time.time()),
+            "INSERT OR IGNORE INTO replays (replay_id, consumer_group, models, scope, status, started_at)"
+            " VALUES (?, ?, ?, ?, 'running', ?)",
+            (replay_id, group, json.dumps(models), scope, time.time()),
         )
         return self.replay(replay_id)
 

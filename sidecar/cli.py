@@ -182,23 +182,124 @@ def _send(s, event) -> None:
 @app.command()
 def replay(
     models: Annotated[Optional[str], typer.Option(help="comma-separated models to re-embed even if current (default: none, only reprocess)")] = None,
-    data_dir: DataDirOpt = None, bus: BusOpt = None,
+    scope: Annotated[Optional[Path], typer.Option(help="only files under this folder (default: the whole library)")] = None,
+    music_dir: MusicDirOpt = None, data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = None,
+    bus: BusOpt = None, verbose: VerboseOpt = False,
 ):
-    """Ask for the library's events to be consumed again from the start (a re-embed).
+    """Re-embed: consume the library's events again from the start, with a progress bar and ETA.
 
-    The running sidecar (or the next one to start) picks the request up from the bus; search keeps
-    answering from the existing vectors meanwhile. Watch it with `sidecar status`.
+    Talks to the running sidecar if there is one (Ctrl-C cancels the run); otherwise runs here, and a run
+    that was interrupted (even by SIGKILL) is resumed where it stopped. Search keeps answering from the
+    existing vectors throughout.
     """
-    from schemas.events import ReplayRequested
-
-    s = _settings(data_dir=data_dir, bus=bus)
+    _logging(verbose)
+    s = _settings(music_dir=music_dir, data_dir=data_dir, host=host, port=port, bus=bus)
     wanted = [m.strip() for m in (models or "").split(",") if m.strip()]
     unknown = [m for m in wanted if m not in s.embedders]
     if unknown:
         _fail(f"--models names {', '.join(unknown)}, which are not enabled (enabled: {', '.join(s.embedders)})", 2)
-    event = ReplayRequested(models=wanted, source="cli")
-    _send(s, event)
-    console.print(f"replay {event.event_id} requested; models re-embedded: {', '.join(wanted) or 'none (reprocess only)'}")
+    body = {"models": wanted, "scope": str(scope.resolve()) if scope else None}
+    base = f"http://{s.host}:{s.port}"
+    if _http(base + "/health") is not None:
+        _replay_remote(base, body)
+    else:
+        if not s.music_dir:
+            _fail("no sidecar is running here; to replay without one, give --music-dir (the folders it serves)", 2)
+        from sidecar.service import SidecarError
+
+        try:
+            asyncio.run(_replay_local(s, body))
+        except SidecarError as e:
+            _fail(str(e))
+
+
+def _http(url: str, body: dict | None = None, method: str = "GET") -> tuple[int, dict] | None:
+    """(status, JSON) from the running sidecar, or None if nothing answers."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"), console=console,
+    )
+
+
+_last_line = [0.0]
+PLAIN_PROGRESS_EVERY_S = 3.0
+
+
+def _show(bar, task, p: dict) -> None:
+    """Update the bar; where there is no terminal to draw it on (a log, docker logs), print a line now and then."""
+    import time
+
+    eta = f"{p['eta_s']:.0f} s" if p.get("eta_s") is not None else "-"
+    name = Path(p.get("current") or "").name[:40]
+    bar.update(task, total=p.get("total"), completed=p["processed"], eta=eta, description=f"re-embed {name}")
+    if not console.is_terminal and time.monotonic() - _last_line[0] >= PLAIN_PROGRESS_EVERY_S:
+        _last_line[0] = time.monotonic()
+        console.print(f"re-embed: {p['processed']}/{p.get('total') or '?'} events, ETA {eta}", highlight=False)
+
+
+def _report(p: dict) -> None:
+    console.print(
+        f"replay {p['replay_id']} {p['status']}: {p['processed']} events, {p['embedded']} re-embedded, "
+        f"{p['skipped']} unchanged, {p['failed']} failed in {p['elapsed_s']:.0f} s"
+    )
+
+
+def _replay_remote(base: str, body: dict) -> None:
+    import time
+
+    status, p = _http(base + "/api/batch/start", body, "POST") or (0, {})
+    if status != 202:
+        _fail(p.get("error", f"the sidecar answered {status}"))
+    with _progress_bar() as bar:
+        task = bar.add_task("re-embed", total=p.get("total"), eta="-")
+        try:
+            while p["status"] in ("running", "cancelling"):
+                _show(bar, task, p)
+                time.sleep(0.5)
+                p = (_http(base + "/api/batch/progress") or (0, p))[1]
+        except KeyboardInterrupt:
+            p = (_http(base + "/api/batch/cancel", {}, "POST") or (0, p))[1]
+    _report(p)
+
+
+async def _replay_local(s, body: dict) -> None:
+    from sidecar.service import Sidecar
+
+    sc = Sidecar(s)
+    await sc.open()
+    try:
+        sc.worker.resume_replays()
+        run = sc.worker.running_replay()
+        if run is not None:
+            console.print(f"resuming replay {run.replay_id}, interrupted earlier")
+        else:
+            run = await sc.request_replay(body["models"], body["scope"], source="cli")
+        with _progress_bar() as bar:
+            task = bar.add_task("re-embed", total=None, eta="-")
+            try:
+                while not run.task.done():
+                    _show(bar, task, run.progress())
+                    await asyncio.sleep(0.5)
+            except asyncio.CancelledError:  # Ctrl-C
+                await sc.worker.cancel_replay(run.replay_id)
+            _show(bar, task, run.progress())
+        _report(run.progress())
+    finally:
+        await sc.close()
 
 
 @app.command()

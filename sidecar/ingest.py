@@ -8,6 +8,7 @@ crash anywhere makes the event come back, and the upserts keyed by track id leav
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import defaultdict
@@ -30,6 +31,7 @@ from sidecar.store import VectorStore
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # for unexpected errors (a store that is briefly away); then the event goes to the dead letters
+_STATS: contextvars.ContextVar["IngestStats"] = contextvars.ContextVar("ingest_stats")  # the running consumer's counters
 
 
 class Rejected(Exception):
@@ -38,10 +40,16 @@ class Rejected(Exception):
 
 @dataclass
 class Force:
-    """Models to re-embed even if current, unless re-embedded after `before` (a replay's start time)."""
+    """Models to re-embed even if current, unless re-embedded after `before` (a replay's start time); and,
+    for a replay limited to part of the library, the folder it covers."""
 
     models: tuple[str, ...] = ()
     before: float = 0.0
+    scope: str | None = None
+
+    def covers(self, path: str | Path) -> bool:
+        path = str(path)
+        return self.scope is None or path == self.scope or path.startswith(self.scope.rstrip("/") + "/")
 
 
 @dataclass
@@ -52,6 +60,33 @@ class IngestStats:
     failed: int = 0
     current: str | None = None
     last_event_at: float | None = None
+
+
+@dataclass
+class ReplayRun:
+    """A re-embed in progress: the library's events consumed again by its own consumer group."""
+
+    replay_id: str
+    models: list[str]
+    scope: str | None
+    started_at: float
+    stats: IngestStats = field(default_factory=IngestStats)
+    total: int | None = None  # events to go through, known once its consumer has joined
+    status: str = "running"
+    task: asyncio.Task | None = None
+
+    def progress(self) -> dict:
+        elapsed = max(time.time() - self.started_at, 1e-6)
+        done = self.stats.processed
+        rate = done / elapsed
+        left = max((self.total or 0) - done, 0)
+        return {
+            "replay_id": self.replay_id, "status": self.status, "models": self.models, "scope": self.scope,
+            "total": self.total, "processed": done, "embedded": self.stats.embedded, "skipped": self.stats.skipped,
+            "failed": self.stats.failed, "current": self.stats.current, "rate_per_s": round(rate, 3),
+            "eta_s": round(left / rate, 1) if rate > 0 and self.total is not None and self.status == "running" else None,
+            "elapsed_s": round(elapsed, 1),
+        }
 
 
 @dataclass
@@ -88,8 +123,8 @@ class IngestWorker:
         self.concurrency = concurrency
         self.reconcile = reconcile
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest")
-        self.stats = IngestStats()
-        self._replays: dict[str, asyncio.Task] = {}
+        self.stats = IngestStats()  # the live consumer's
+        self.replays: dict[str, ReplayRun] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -98,9 +133,11 @@ class IngestWorker:
     async def consume(
         self, consumer: Consumer, stop: asyncio.Event, *, force: Force = Force(), until_caught_up: bool = False,
         idle: asyncio.Event | None = None, on_progress: Callable[[IngestStats], None] | None = None,
+        stats: IngestStats | None = None,
     ) -> None:
         """Process deliveries, up to `concurrency` at once; one key's events stay in order. `idle` is set
-        while nothing is in flight and the group has no lag."""
+        while nothing is in flight and the group has no lag. Counts go to `stats` (default: the live ones)."""
+        _STATS.set(stats or self.stats)  # this task's context, inherited by the tasks it starts
         offsets = _Offsets()
         tasks: set[asyncio.Task] = set()
         last_of_key: dict[bytes | None, asyncio.Task] = {}
@@ -112,36 +149,42 @@ class IngestWorker:
                 await consumer.commit(todo)
                 offsets.committed.update(todo)
 
-        while not stop.is_set():
-            if len(tasks) >= limit:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            while not stop.is_set():
+                if len(tasks) >= limit:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    await commit()
+                    continue
+                batch = await consumer.getmany(timeout_s=0.2, max_records=limit - len(tasks))
+                for d in batch:
+                    offsets.start(d)
+                    task = asyncio.create_task(self._process(d, last_of_key.get(d.key), force))
+                    last_of_key[d.key] = task
+                    tasks.add(task)
+
+                    def done(t: asyncio.Task, d: Delivery = d) -> None:
+                        offsets.finish(d)
+                        tasks.discard(t)
+                        if last_of_key.get(d.key) is t:
+                            del last_of_key[d.key]
+                        if on_progress:
+                            on_progress(_STATS.get())
+
+                    task.add_done_callback(done)
                 await commit()
-                continue
-            batch = await consumer.getmany(timeout_s=0.2, max_records=limit - len(tasks))
-            for d in batch:
-                offsets.start(d)
-                task = asyncio.create_task(self._process(d, last_of_key.get(d.key), force))
-                last_of_key[d.key] = task
-                tasks.add(task)
-
-                def done(t: asyncio.Task, d: Delivery = d) -> None:
-                    offsets.finish(d)
-                    tasks.discard(t)
-                    if last_of_key.get(d.key) is t:
-                        del last_of_key[d.key]
-                    if on_progress:
-                        on_progress(self.stats)
-
-                task.add_done_callback(done)
-            await commit()
-            if batch or tasks:
-                if idle is not None:
-                    idle.clear()
-            elif await consumer.lag() == 0:
-                if idle is not None:
-                    idle.set()
-                if until_caught_up:
-                    break
+                if batch or tasks:
+                    if idle is not None:
+                        idle.clear()
+                elif await consumer.lag() == 0:
+                    if idle is not None:
+                        idle.set()
+                    if until_caught_up:
+                        break
+        except asyncio.CancelledError:  # cancelled (a replay's cancel, shutdown): stop what is in flight too;
+            for t in tasks:  # their offsets stay uncommitted, so they come back if the run is resumed
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         if tasks:  # a graceful stop finishes what it started, so the commit covers it
             await asyncio.wait(tasks)
         await commit()
@@ -154,7 +197,7 @@ class IngestWorker:
             await self._process_one(d, force)
         finally:
             metrics.IN_FLIGHT.dec()
-            self.stats.processed += 1
+            _STATS.get().processed += 1
 
     async def _process_one(self, d: Delivery, force: Force) -> None:
         try:
@@ -164,7 +207,7 @@ class IngestWorker:
             await self.bus.dead_letter(d, f"invalid event: {_short(e)}")
             return
         metrics.EVENTS.labels(event.type).inc()
-        self.stats.last_event_at = time.time()
+        _STATS.get().last_event_at = time.time()
         for attempt in range(RETRIES + 1):
             try:
                 await self.handle(event, force)
@@ -176,7 +219,7 @@ class IngestWorker:
                 if attempt == RETRIES:
                     log.exception("event %s failed after %d attempts", event.event_id, RETRIES + 1)
                     metrics.FAILURES.labels("internal").inc()
-                    self.stats.failed += 1
+                    _STATS.get().failed += 1
                     await self.bus.dead_letter(d, f"internal error: {type(e).__name__}: {e}")
                 else:
                     log.warning("event %s failed (%s); retrying", event.event_id, e)
@@ -184,6 +227,8 @@ class IngestWorker:
 
     # ---- handling one event
     async def handle(self, event: LibraryEvent, force: Force = Force()) -> None:
+        if not force.covers(getattr(event, "path", None) or getattr(event, "src_path", None) or force.scope or ""):
+            return  # a replay of part of the library passes over the rest
         if isinstance(event, TrackUpserted):
             await self._upsert(self._confined(event.path), force)
         elif isinstance(event, TrackRemoved):
@@ -195,7 +240,7 @@ class IngestWorker:
             if self.reconcile is not None:
                 await self.reconcile(roots)
         elif isinstance(event, ReplayRequested):
-            if not force.models and force.before == 0.0:  # a replay does not start replays of itself
+            if force.before == 0.0:  # a replay does not start replays of itself
                 self.start_replay(event)
 
     def _confined(self, path: str) -> Path:
@@ -221,9 +266,9 @@ class IngestWorker:
             self.catalog.failed_unchanged(key, st.st_size, st.st_mtime_ns) and not force.models
         ):
             metrics.SKIPPED.labels("unchanged").inc()
-            self.stats.skipped += 1
+            _STATS.get().skipped += 1
             return
-        self.stats.current = key
+        _STATS.get().current = key
         t0 = time.perf_counter()
         try:
             audio: DecodedAudio = await self._run(decode, path)
@@ -234,7 +279,7 @@ class IngestWorker:
             log.warning("cannot decode %s: %s", path, e)
             self.catalog.record_failure(key, st.st_size, st.st_mtime_ns, str(e))
             metrics.FAILURES.labels("decode").inc()
-            self.stats.failed += 1
+            _STATS.get().failed += 1
             return
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
         tags = audio.tags
@@ -249,7 +294,7 @@ class IngestWorker:
         todo = self.catalog.models_to_run(track_id, audio.content_hash, versions, **force_kw)
         if not todo:
             metrics.SKIPPED.labels("same_audio").inc()  # a tag edit, a move the watcher missed, a duplicate
-            self.stats.skipped += 1
+            _STATS.get().skipped += 1
             return
         results = await self._run(self._embed, audio, todo)
         for model, (result, seconds, error) in results.items():
@@ -268,7 +313,7 @@ class IngestWorker:
                 track_id, model, emb.version, audio.content_hash, tags=result.tags, features=result.features, seconds=seconds
             )
             metrics.EMBEDDED.labels(model).inc()
-        self.stats.embedded += 1
+        _STATS.get().embedded += 1
 
     def _embed(self, audio: DecodedAudio, models: list[str]) -> dict[str, tuple]:
         """Runs in a worker thread: each model on the audio at its own rate. One model failing spares the rest."""
@@ -312,32 +357,66 @@ class IngestWorker:
             await self._upsert(dest_path, force)  # unknown source: treat the destination as new
 
     # ---- replay: the library's events consumed again from the start by a new consumer group
-    def start_replay(self, event: ReplayRequested) -> None:
-        replay = self.catalog.start_replay(event.event_id, f"replay-{event.event_id[:12]}", event.models)
-        if replay["status"] == "running" and event.event_id not in self._replays:
-            self._replays[event.event_id] = asyncio.create_task(self._replay(replay))
+    def running_replay(self) -> ReplayRun | None:
+        return next((r for r in self.replays.values() if r.status == "running"), None)
+
+    def start_replay(self, event: ReplayRequested) -> ReplayRun | None:
+        """Start the replay this event asks for (once: the event may be seen again). A replay interrupted by a
+        crash is resumed by `resume_replays`; its consumer group's committed offset is where it goes on."""
+        row = self.catalog.start_replay(event.event_id, f"replay-{event.event_id[:12]}", event.models, event.scope)
+        if row["status"] != "running" or event.event_id in self.replays:
+            return self.replays.get(event.event_id)
+        return self._launch(row)
 
     def resume_replays(self) -> None:
-        for replay in self.catalog.replays("running"):
-            if replay["replay_id"] not in self._replays:
-                self._replays[replay["replay_id"]] = asyncio.create_task(self._replay(replay))
+        for row in self.catalog.replays("running"):
+            if row["replay_id"] not in self.replays:
+                self._launch(row)
 
-    async def _replay(self, replay: dict) -> None:
-        force = Force(tuple(replay["models"]), replay["started_at"])
-        stop = asyncio.Event()
-        log.info("replay %s started (models: %s)", replay["replay_id"], ", ".join(force.models) or "none forced")
-        async with self.bus.consumer(replay["consumer_group"], from_beginning=True) as consumer:
-            await self.consume(consumer, stop, force=force, until_caught_up=True)
-        self.catalog.finish_replay(replay["replay_id"])
-        log.info("replay %s finished", replay["replay_id"])
+    def _launch(self, row: dict) -> ReplayRun:
+        run = ReplayRun(row["replay_id"], row["models"], row["scope"], row["started_at"])
+        self.replays[run.replay_id] = run
+        run.task = asyncio.create_task(self._replay(run, row["consumer_group"]), name=f"replay-{run.replay_id}")
+        return run
+
+    async def _replay(self, run: ReplayRun, group: str) -> None:
+        force = Force(tuple(run.models), run.started_at, run.scope)
+        log.info("replay %s started (re-embedding: %s)", run.replay_id, ", ".join(run.models) or "nothing forced")
+        try:
+            async with self.bus.consumer(group, from_beginning=True) as consumer:
+                run.total = await consumer.lag()
+                await self.consume(consumer, asyncio.Event(), force=force, until_caught_up=True, stats=run.stats)
+            run.status = "done"
+        except asyncio.CancelledError:
+            run.status = "cancelled" if run.status == "cancelling" else "interrupted"
+            raise
+        except Exception:
+            log.exception("replay %s failed", run.replay_id)
+            run.status = "failed"
+        finally:
+            if run.status != "interrupted":  # an interrupted run (shutdown) stays 'running' in the catalog: resumed at start
+                self.catalog.finish_replay(run.replay_id, run.status)
+            log.info("replay %s %s: %s", run.replay_id, run.status, run.progress())
+
+    async def cancel_replay(self, replay_id: str | None = None) -> ReplayRun | None:
+        run = self.replays.get(replay_id) if replay_id else self.running_replay()
+        if run is None or run.status != "running":
+            return None
+        run.status = "cancelling"
+        run.task.cancel()
+        await asyncio.gather(run.task, return_exceptions=True)
+        return run
 
     async def wait_replays(self) -> None:
-        if self._replays:
-            await asyncio.gather(*self._replays.values(), return_exceptions=True)
+        tasks = [r.task for r in self.replays.values() if r.task]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def cancel_replays(self) -> None:
-        for task in self._replays.values():
-            task.cancel()
+    async def stop_replays(self) -> None:
+        """At shutdown: stop without marking them finished, so the next start resumes them."""
+        for run in self.replays.values():
+            if run.task and not run.task.done():
+                run.task.cancel()
         await self.wait_replays()
 
 

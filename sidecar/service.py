@@ -24,6 +24,12 @@ class SidecarError(RuntimeError):
     """A start-up problem the user must fix; the message says what."""
 
 
+class ReplayBusy(RuntimeError):
+    def __init__(self, replay_id: str):
+        super().__init__(f"replay {replay_id} is running; cancel it or wait for it")
+        self.replay_id = replay_id
+
+
 class Sidecar:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -148,10 +154,14 @@ class Sidecar:
                 return
             await asyncio.sleep(interval)
 
-    async def request_replay(self, models: list[str]) -> ReplayRequested:
-        event = ReplayRequested(models=models, source="operator")
+    async def request_replay(self, models: list[str], scope: str | None = None, source: str = "operator"):
+        """Start a re-embed now (one at a time: ReplayBusy names the running one) and log the request on the bus."""
+        running = self.worker.running_replay()
+        if running is not None:
+            raise ReplayBusy(running.replay_id)
+        event = ReplayRequested(models=models, scope=scope, source=source)
         await self.bus.publish(event)
-        return event
+        return self.worker.start_replay(event)
 
     async def lag(self) -> int:
         """Events not yet processed by the ingest consumer; -1 while it is (re)connecting."""
@@ -174,7 +184,7 @@ class Sidecar:
         if self.watcher is not None:
             await self.watcher.stop()
         if self.worker is not None:
-            await self.worker.cancel_replays()
+            await self.worker.stop_replays()
         for t in self._tasks:
             if t.get_name() == "ingest":  # let it finish in-flight events and commit
                 try:
