@@ -224,6 +224,23 @@ async def scrobble_webhook(request: web.Request) -> web.Response:
     return web.json_response({"status": "recorded", "track_id": track_id}, status=202)
 
 
+async def list_failures(request: web.Request) -> web.Response:
+    """Files that could not be decoded and tracks a model failed on, with the reasons, newest first."""
+    limit = parse_query(request, TracksQuery).limit
+    return web.json_response({"failures": sidecar_of(request).catalog.failures(limit)})
+
+
+async def retry_failures(request: web.Request) -> web.Response:
+    """Try every failed file again, now: the failures are forgotten and their files announced anew."""
+    from schemas.events import TrackUpserted
+    from sidecar.sources import publish_all
+
+    sc = sidecar_of(request)
+    paths = sc.catalog.clear_failures()
+    sent = await publish_all(sc.bus, [TrackUpserted(path=p, source="retry") for p in paths])
+    return web.json_response({"retrying": sent, "paths": paths}, status=202)
+
+
 async def prometheus_metrics(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -243,6 +260,8 @@ def make_app(sc: "Sidecar") -> web.Application:
     app.router.add_post("/api/recommendations/text", text_recommendations)
     app.router.add_post("/api/recommendations", recommendations)
     app.router.add_post("/webhooks/scrobble", scrobble_webhook)
+    app.router.add_get("/api/failures", list_failures)
+    app.router.add_post("/api/failures/retry", retry_failures)
     app.router.add_get("/metrics", prometheus_metrics)
     from sidecar import batch, clustering, explore, instant, mediaserver  # each keeps its routes beside its logic
 

@@ -295,6 +295,21 @@ class Catalog:
         )
         return [dict(r) for r in rows]
 
+    def clear_failures(self) -> list[str]:
+        """Forget every recorded failure so that the files are tried again; returns their paths."""
+        with self._tx() as db:
+            paths = [r["path"] for r in db.execute("SELECT path FROM failures")]
+            paths += [
+                r["path"] for r in db.execute(
+                    "SELECT MIN(f.path) AS path FROM embeddings e JOIN files f USING (track_id) WHERE e.status = 'failed'"
+                    " GROUP BY e.track_id"
+                )
+            ]
+            db.execute("DELETE FROM failures")
+            db.execute("DELETE FROM embeddings WHERE status = 'failed'")
+            db.execute("UPDATE files SET size = NULL WHERE path IN (SELECT value FROM json_each(?))", (json.dumps(paths),))
+        return sorted(set(paths))
+
     # ---- replays (re-embeds)
     def start_replay(self, replay_id: str, group: str, models: list[str], scope: str | None = None) -> dict:
         self._q(

@@ -31,6 +31,8 @@ from sidecar.store import VectorStore
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # for unexpected errors (a store that is briefly away); then the event goes to the dead letters
+MODEL_ATTEMPTS = 3  # a model that raises is tried this often (with backoff) before the failure is recorded
+MODEL_BACKOFF_S = 0.5
 _STATS: contextvars.ContextVar["IngestStats"] = contextvars.ContextVar("ingest_stats")  # the running consumer's counters
 
 
@@ -321,10 +323,17 @@ class IngestWorker:
         for model in models:
             emb = self.embedders.ready[model]
             t0 = time.perf_counter()
-            try:
-                result, error = emb.embed(audio.at(emb.sample_rate)), None
-            except Exception as e:  # a model error is recorded against this track, not raised
-                result, error = None, f"{type(e).__name__}: {e}"
+            for attempt in range(MODEL_ATTEMPTS):
+                try:
+                    result, error = emb.embed(audio.at(emb.sample_rate)), None
+                    break
+                except ValueError as e:  # the plugin's word that this audio cannot be used: no point retrying
+                    result, error = None, f"{type(e).__name__}: {e}"
+                    break
+                except Exception as e:  # maybe passing (memory, a device): retry, then record it on the track
+                    result, error = None, f"{type(e).__name__}: {e} (after {attempt + 1} attempts)"
+                    if attempt + 1 < MODEL_ATTEMPTS:
+                        time.sleep(MODEL_BACKOFF_S * 2**attempt)
             seconds = time.perf_counter() - t0
             metrics.STAGE_SECONDS.labels(model).observe(seconds)
             out[model] = (result, seconds, error)

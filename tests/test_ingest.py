@@ -100,6 +100,15 @@ async def test_bad_files_are_recorded_with_reasons_and_the_rest_goes_on(running,
     assert sc.worker.stats.embedded == embedded + 1
     assert "truncated.ogg" not in {Path(f["path"]).name for f in sc.catalog.failures()}
 
+    # one call retries every failure: each is tried again (and, still broken, recorded again)
+    retried = sc.catalog.clear_failures()
+    assert {Path(p).name for p in retried} == {"empty.ogg", "notes.flac", "garbage.mp3"} and not sc.catalog.failures()
+    before = sc.worker.stats.processed
+    for p in retried:
+        await sc.bus.publish(TrackUpserted(path=p, source="retry"))
+    await until_idle(sc, processed=before + 3)
+    assert {Path(f["path"]).name for f in sc.catalog.failures()} == {"empty.ogg", "notes.flac", "garbage.mp3"}
+
 
 async def test_a_tag_edit_runs_no_model_but_updates_the_metadata(running, music_dir):
     sc = await running()
@@ -185,3 +194,35 @@ def test_replay_from_the_cli_checks_its_arguments(tmp_path):
     assert result.exit_code == 2 and "nosuchmodel" in result.output
     result = CliRunner().invoke(app, ["replay", "--data-dir", str(tmp_path), "--port", "1"])
     assert result.exit_code == 2 and "--music-dir" in result.output
+
+
+def test_a_model_failure_is_retried_with_backoff_but_unusable_audio_is_not(excerpts):
+    from plugins.embedders.dsp import DspEmbedder
+    from sidecar.audio import decode
+    from sidecar.ingest import MODEL_ATTEMPTS, IngestWorker
+    from sidecar.plugins import LoadedEmbedders
+
+    class FailsOnce(DspEmbedder):  # the real DSP analysis behind a passing fault
+        calls = 0
+
+        def embed(self, audio):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise MemoryError("out of memory for a moment")
+            return super().embed(audio)
+
+    class Refuses(DspEmbedder):
+        calls = 0
+
+        def embed(self, audio):
+            Refuses.calls += 1
+            raise ValueError("this audio is of no use to me")
+
+    worker = IngestWorker(None, None, None, LoadedEmbedders(ready={"dsp": FailsOnce(), "other": Refuses()}), [])
+    try:
+        out = worker._embed(decode(excerpts[0]), ["dsp", "other"])
+    finally:
+        worker.close()
+    result, _, error = out["dsp"]
+    assert error is None and len(result.vector) == 52 and FailsOnce.calls == 2
+    assert out["other"][0] is None and "of no use" in out["other"][2] and Refuses.calls == 1 < MODEL_ATTEMPTS
