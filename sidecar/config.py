@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     llm_url: str = Field(default="", description="OpenAI-compatible or Ollama base URL for the instant playlist; empty: none")
     llm_model: str = ""
     llm_api_key: str = Field(default="", repr=False)
+    llm_api: Literal["openai", "ollama"] = Field(default="openai", description="the protocol llm_url speaks")
+    llm_timeout_s: float = Field(default=30, gt=0, le=600)
     plugins: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="per-plugin options: SIDECAR_PLUGINS__MERT__CHECKPOINT=/path sets plugins['mert']['checkpoint']",

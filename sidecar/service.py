@@ -185,6 +185,9 @@ class Sidecar:
             await self.watcher.stop()
         if self.worker is not None:
             await self.worker.stop_replays()
+        from sidecar.clustering import jobs_of
+
+        jobs_of(self).cancel_all()
         for t in self._tasks:
             if t.get_name() == "ingest":  # let it finish in-flight events and commit
                 try:
