@@ -13,6 +13,7 @@ class ErrorBody(BaseModel):
 
 class TrackBrief(BaseModel):
     track_id: str
+    server_id: str | None = Field(default=None, description="the media server's song id, where it has the file")
     title: str | None = None
     artist: str | None = None
     album: str | None = None
@@ -50,21 +51,27 @@ class TracksQuery(BaseModel):
 
 
 class SimilarTracksQuery(BaseModel):
-    """AudioMuse-AI compatible: `item_id` and `n`."""
+    """AudioMuse-AI compatible: its Navidrome plugin sends item_id (Navidrome's song id), n,
+    eliminate_duplicates and radius_similarity."""
 
     model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(min_length=1, max_length=64)
+    item_id: str = Field(min_length=1, max_length=200, description="our track id or the media server's song id")
     n: int = Field(default=10, ge=1, le=500)
     model: str | None = Field(default=None, max_length=64, description="embedder to search; default: the first enabled")
+    eliminate_duplicates: bool = Field(default=False, description="leave out tracks with the same title and artist as one already listed")
+    radius_similarity: bool | None = Field(default=None, description="accepted for AudioMuse-AI compatibility; results are always exact")
+    mood_similarity: bool | None = Field(default=None, description="accepted for AudioMuse-AI compatibility; ignored")
+    server: str | None = Field(default=None, max_length=64, description="accepted for AudioMuse-AI compatibility; ignored")
 
 
 class SimilarTrack(BaseModel):
     """Field names as AudioMuse-AI's API returns them, so its Navidrome plugin can read them."""
 
-    item_id: str
+    item_id: str = Field(description="the media server's song id where known, else ours")
     title: str | None = None
     author: str | None = None
-    album: str | None = None
+    album: str = Field(default="unknown", description="'unknown' when the file has no album tag, as AudioMuse-AI says")
+    album_artist: str | None = None
     distance: float = Field(description="cosine distance, 1 - cosine similarity")
 
 

@@ -134,19 +134,35 @@ async def similar_tracks(request: web.Request) -> web.Response:
     model = q.model or sc.default_model
     if model not in sc.embedders.ready:
         raise ApiError(400, f"unknown or unavailable model {model!r}; available: {', '.join(sc.embedders.ready)}", "model")
-    vectors = await asyncio.to_thread(sc.store.get_vectors, model, [q.item_id])
-    if q.item_id not in vectors:
-        if sc.catalog.track(q.item_id) is None:
-            raise ApiError(404, f"no track with id {q.item_id!r}", "item_id")
+    track_id = sc.catalog.resolve_ids([q.item_id]).get(q.item_id)
+    if track_id is None:
+        raise ApiError(404, f"no track with id {q.item_id!r}", "item_id")
+    vectors = await asyncio.to_thread(sc.store.get_vectors, model, [track_id])
+    if track_id not in vectors:
         raise ApiError(409, f"track {q.item_id!r} has no {model} vector yet (not analysed, or analysis failed)", "item_id")
-    hits = await asyncio.to_thread(sc.store.search, model, vectors[q.item_id], q.n, [q.item_id])
-    meta = sc.catalog.tracks_brief(h[0] for h in hits)
-    out = [
-        SimilarTrack(item_id=tid, title=m.get("title"), author=m.get("artist"), album=m.get("album"), distance=round(1.0 - sim, 6))
-        for tid, sim in hits
-        if (m := meta.get(tid)) is not None
-    ]
+    extra = 3 * q.n if q.eliminate_duplicates else 0  # room for what duplicates remove
+    hits = await asyncio.to_thread(sc.store.search, model, vectors[track_id], q.n + extra, [track_id])
+    meta = sc.catalog.tracks_brief([track_id] + [h[0] for h in hits])
+    shown = sc.catalog.external_ids(meta)
+    seen = {_same_song(meta[track_id])} if q.eliminate_duplicates and track_id in meta else set()
+    out = []
+    for tid, sim in hits:
+        m = meta.get(tid)
+        if m is None or (q.eliminate_duplicates and _same_song(m) in seen):
+            continue
+        seen.add(_same_song(m))
+        out.append(SimilarTrack(
+            item_id=shown.get(tid, tid), title=m["title"], author=m["artist"], album=m["album"] or "unknown",
+            album_artist=m["artist"], distance=round(1.0 - sim, 6),
+        ))
+        if len(out) == q.n:
+            break
     return json_response(out)
+
+
+def _same_song(meta: dict) -> tuple[str, str]:
+    """Title and artist, normalised: the same song in another file or edition."""
+    return ((meta.get("title") or "").strip().casefold(), (meta.get("artist") or "").strip().casefold())
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -97,6 +97,10 @@ CREATE TABLE IF NOT EXISTS failures (
 """
 
 
+# the media server's song id of a track, as a column of a query over `tracks t`
+SERVER_ID = "(SELECT MIN(e.external_id) FROM external_ids e WHERE e.track_id = t.track_id AND e.server = 'subsonic') AS server_id"
+
+
 @dataclass(frozen=True)
 class FileRow:
     path: str
@@ -389,6 +393,20 @@ class Catalog:
             (server, external_id, track_id),
         )
 
+    def external_ids(self, track_ids: Iterable[str], server: str = "subsonic") -> dict[str, str]:
+        """Our track id -> the media server's song id (the smallest, if a file is there twice); unknown left out."""
+        ids = list(dict.fromkeys(track_ids))
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 900):  # SQLite's limit on bound parameters
+            part = ids[i : i + 900]
+            rows = self._q(
+                f"SELECT track_id, MIN(external_id) AS external_id FROM external_ids WHERE server = ?"
+                f" AND track_id IN ({','.join('?' * len(part))}) GROUP BY track_id",
+                [server, *part],
+            )
+            out.update({r["track_id"]: r["external_id"] for r in rows})
+        return out
+
     def resolve_ids(self, ids: Iterable[str]) -> dict[str, str]:
         """Our track id for each given id, which may be ours or a media server's; unknown ids are left out."""
         ids = list(ids)
@@ -436,7 +454,7 @@ class Catalog:
             return {}
         marks = ",".join("?" * len(ids))
         rows = self._q(
-            f"SELECT t.track_id, t.title, t.artist, t.album, t.duration_s, MIN(f.path) AS path FROM tracks t"
+            f"SELECT t.track_id, t.title, t.artist, t.album, t.duration_s, MIN(f.path) AS path, {SERVER_ID} FROM tracks t"
             f" LEFT JOIN files f USING (track_id) WHERE t.track_id IN ({marks}) GROUP BY t.track_id",
             ids,
         )
@@ -445,7 +463,7 @@ class Catalog:
     def search(self, query: str, limit: int = 50) -> list[dict]:
         like = f"%{query}%"
         rows = self._q(
-            "SELECT t.track_id, t.title, t.artist, t.album, t.duration_s, MIN(f.path) AS path FROM tracks t"
+            f"SELECT t.track_id, t.title, t.artist, t.album, t.duration_s, MIN(f.path) AS path, {SERVER_ID} FROM tracks t"
             " JOIN files f USING (track_id) WHERE t.title LIKE ? OR t.artist LIKE ? OR t.album LIKE ? OR f.path LIKE ?"
             " GROUP BY t.track_id ORDER BY t.artist, t.album, t.title LIMIT ?",
             (like, like, like, like, limit),

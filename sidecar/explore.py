@@ -15,8 +15,8 @@ Choices that differ from AudioMuse-AI's described algorithms, and why:
   (the centroid of two different tracks may lie near neither); sampling is seeded and reproducible.
 - Sonic fingerprint: every play counts, decayed by its age (half-life), so recent taste dominates; favourites
   weigh more; low-rated tracks are neither seeds nor results.
-- Map: UMAP is not used: on this project's machines it took 110 s for 10k tracks (see docs/API.md). PCA for
-  large libraries, t-SNE up to 3,000 tracks; computed once, cached, patched in place for small changes.
+- Map: UMAP is not used: on this project's machines it took 110 s for 10k tracks and 158 s for 100k (see
+  docs/API.md). PCA, or t-SNE up to 2,000 tracks; computed once, cached, patched in place for small changes.
 """
 from __future__ import annotations
 
@@ -106,9 +106,33 @@ def _mirror_read(store: "VectorStore", model: str, queries: list[np.ndarray]) ->
     return ids, sims
 
 
+MEDIA_SERVER = "subsonic"  # the catalog's namespace for the media server's song ids (see sidecar/mediaserver.py)
+
+
+def _server_ids(catalog: "Catalog", ids) -> dict[str, str]:
+    """Our track id -> the id to show: the media server's song id where the catalog knows it (AudioMuse-AI's
+    item_id is the media server's id, and its Navidrome plugin hands it to Navidrome), else our own."""
+    ids = list(dict.fromkeys(ids))
+    known = catalog.external_ids(ids, MEDIA_SERVER)
+    return {t: known.get(t, t) for t in ids}
+
+
+def _brief(catalog: "Catalog", ids) -> dict[str, dict]:
+    """tracks_brief, plus "out_id": the id to show for the track (see _server_ids)."""
+    ids = list(dict.fromkeys(ids))
+    meta = catalog.tracks_brief(ids)
+    shown = _server_ids(catalog, ids)
+    for t, m in meta.items():
+        m["out_id"] = shown[t]
+    return meta
+
+
 def _track_item(tid: str, meta: dict[str, dict], distance: float, cls=ExploreTrack, **extra):
     m = meta.get(tid) or {}
-    return cls(item_id=tid, title=m.get("title"), author=m.get("artist"), album=m.get("album"), distance=round(float(distance), 6), **extra)
+    return cls(
+        item_id=m.get("out_id", tid), title=m.get("title"), author=m.get("artist"), album=m.get("album"),
+        distance=round(float(distance), 6), **extra,
+    )
 
 
 _NON_WORD = re.compile(r"[^\w]+")
@@ -222,9 +246,14 @@ def _top_per_step(a, b, s0, s1, reach, rows: np.ndarray, k: int) -> tuple[np.nda
         take *= 4
 
 
-def song_path(store: "VectorStore", catalog: "Catalog", model: str, start: str, end: str, steps: int) -> tuple[list[tuple[str, float]], float]:
+def song_path(
+    store: "VectorStore", catalog: "Catalog", model: str, start: str, end: str, steps: int
+) -> tuple[list[tuple[str, float]], float]:
     """[(track id, cosine distance to its ideal point)] from start to end, and the summed step distances."""
     ends = store.get_vectors(model, [start, end])
+    for tid, fld in ((start, "start_song_id"), (end, "end_song_id")):
+        if tid not in ends:  # deleted since the request was checked
+            raise ApiError(409, f"track {tid!r} has no {model} vector any more", fld)
     s, e = _unit(ends[start]), _unit(ends[end])
     ids, sims = _mirror_read(store, model, [s, e])
     s0, s1 = sims[:, 0], sims[:, 1]
@@ -315,10 +344,10 @@ async def find_path(request: web.Request) -> web.Response:
     end = _resolve(sc, [q.end_song_id], "end_song_id")[0]
     if start == end:
         raise ApiError(400, "start and end must be different tracks", "end_song_id")
-    _vectors(sc, model, [start], "start_song_id")
-    _vectors(sc, model, [end], "end_song_id")
+    await asyncio.to_thread(_vectors, sc, model, [start], "start_song_id")  # the store's lock: never on the loop
+    await asyncio.to_thread(_vectors, sc, model, [end], "end_song_id")
     path, total = await asyncio.to_thread(song_path, sc.store, sc.catalog, model, start, end, q.max_steps)
-    meta = sc.catalog.tracks_brief(t for t, _ in path)
+    meta = _brief(sc.catalog, [t for t, _ in path])
     return json_response(
         FindPathResponse(
             path=[_track_item(t, meta, d) for t, d in path], total_distance=round(total, 6), model=model, requested_steps=q.max_steps
@@ -405,7 +434,8 @@ def alchemy(
         chosen = pool[: req.n]
     else:
         rng = np.random.default_rng(seed)
-        keys = sim_t[pool].astype(np.float64) / req.temperature + rng.gumbel(size=pool.size)  # Gumbel-top-k = softmax sampling without replacement
+        # Gumbel top-k: the same as drawing from softmax(similarity / temperature) without replacement
+        keys = sim_t[pool].astype(np.float64) / req.temperature + rng.gumbel(size=pool.size)
         chosen = pool[np.argsort(-keys, kind="stable")[: req.n]]
         chosen = chosen[np.argsort(-sim_t[chosen], kind="stable")]
 
@@ -442,8 +472,8 @@ async def alchemy_route(request: web.Request) -> web.Response:
     sub_ids = _resolve(sc, req.subtract, "subtract")
     if both := set(add_ids) & set(sub_ids):
         raise ApiError(400, f"track {sorted(both)[0]!r} is both added and subtracted", "subtract")
-    adds = _vectors(sc, model, add_ids, "add")
-    subs = _vectors(sc, model, sub_ids, "subtract")
+    adds = await asyncio.to_thread(_vectors, sc, model, add_ids, "add")
+    subs = await asyncio.to_thread(_vectors, sc, model, sub_ids, "subtract")
     if req.add_artists or req.subtract_artists:
         index = await asyncio.to_thread(_artist_index, sc, model)
         for names, target, fld in ((req.add_artists, adds, "add_artists"), (req.subtract_artists, subs, "subtract_artists")):
@@ -455,22 +485,28 @@ async def alchemy_route(request: web.Request) -> web.Response:
         seed = req.seed if req.seed is not None else int(np.random.default_rng().integers(0, 2**31))
     out = await asyncio.to_thread(alchemy, sc.store, model, adds, subs, set(add_ids) | set(sub_ids), req, seed)
     coords = out["coords"]
-    xy = lambda t: {"x": round(float(coords[t][0]), 4), "y": round(float(coords[t][1]), 4)} if t in coords else {"x": 0.0, "y": 0.0}  # noqa: E731
+    def xy(label: str) -> dict[str, float]:
+        c = coords.get(label, (0.0, 0.0))
+        return {"x": round(float(c[0]), 4), "y": round(float(c[1]), 4)}
+
     wanted = [t for t, _ in out["chosen"]] + [f[0] for f in out["filtered"]] + list(adds) + list(subs)
-    meta = sc.catalog.tracks_brief(t for t in wanted if not t.startswith("artist:"))
+    meta = _brief(sc.catalog, [t for t in wanted if not t.startswith("artist:")])
 
     def point(label: str) -> AlchemyPoint:
         if label.startswith("artist:"):
             return AlchemyPoint(item_id=label, title=label[7:], author=label[7:], **xy(label))
         m = meta.get(label) or {}
-        return AlchemyPoint(item_id=label, title=m.get("title"), author=m.get("artist"), album=m.get("album"), **xy(label))
+        return AlchemyPoint(item_id=m.get("out_id", label), title=m.get("title"), author=m.get("artist"), album=m.get("album"), **xy(label))
 
     sub_c = out["sub_centroid"]
     return json_response(
         AlchemyResponse(
             results=[_track_item(t, meta, 1 - s, AlchemyResult, similarity=round(s, 6), **xy(t)) for t, s in out["chosen"]],
             filtered_out=[
-                _track_item(t, meta, 1 - s, FilteredTrack, nearest_subtract=lab, subtract_distance=round(1 - ns, 6), **xy(t))
+                _track_item(
+                    t, meta, 1 - s, FilteredTrack, nearest_subtract=(meta.get(lab) or {}).get("out_id", lab),
+                    subtract_distance=round(1 - ns, 6), **xy(t),
+                )
                 for t, s, lab, ns in out["filtered"]
             ],
             add_points=[point(t) for t in adds],
@@ -551,12 +587,14 @@ def sonic_fingerprint(sc: "Sidecar", model: str, q: FingerprintQuery) -> Fingerp
                 acc[tag] += w * p
     top_tags = [TagScore(tag=t, probability=round(p / tagged, 4)) for t, p in acc.most_common(5)] if tagged else []
     ordered = sorted(seeds.items(), key=lambda kv: -kv[1]["weight"])[:100]
-    meta = catalog.tracks_brief([ids[i] for i in top] + [t for t, _ in ordered])
+    meta = _brief(catalog, [ids[i] for i in top] + [t for t, _ in ordered])
     return FingerprintResponse(
         user=q.user, model=model, half_life_days=q.half_life_days,
         seeds=[
-            SeedTrack(item_id=t, title=(meta.get(t) or {}).get("title"), author=(meta.get(t) or {}).get("artist"),
-                      weight=round(s["weight"], 6), plays=s["plays"], favorite=s["favorite"])
+            SeedTrack(
+                item_id=(meta.get(t) or {}).get("out_id", t), title=(meta.get(t) or {}).get("title"),
+                author=(meta.get(t) or {}).get("artist"), weight=round(s["weight"], 6), plays=s["plays"], favorite=s["favorite"],
+            )
             for t, s in ordered
         ],
         top_tags=top_tags,
@@ -695,7 +733,8 @@ def _map_labels(catalog: "Catalog", st: ExploreState) -> tuple[tuple, dict[str, 
 def map_body(sc: "Sidecar", proj: Projection, q: MapQuery, model: str) -> bytes:
     st = _state(sc)
     stamp, labels = _map_labels(sc.catalog, st)
-    key = (model, q.method, proj.version, stamp, q.colour_by, q.percent)
+    ext_stamp = tuple(sc.catalog._q("SELECT COUNT(*), MAX(rowid) FROM external_ids")[0])
+    key = (model, q.method, proj.version, stamp, ext_stamp, q.colour_by, q.percent)
     if (body := st.map_bodies.get(key)) is not None:
         return body
     n = len(proj.ids)
@@ -703,12 +742,13 @@ def map_body(sc: "Sidecar", proj: Projection, q: MapQuery, model: str) -> bytes:
     if q.percent < 100 and n:
         idx = np.unique(np.linspace(0, n - 1, max(1, n * q.percent // 100)).astype(int))
     field_of = {"tag": "tag", "genre": "genre", "artist": "artist", "album": "album", "none": None}[q.colour_by]
+    shown = _server_ids(sc.catalog, [proj.ids[i] for i in idx.tolist()])
     items = []
     for i in idx.tolist():
         tid = proj.ids[i]
         lab = labels.get(tid) or {}
         items.append({
-            "item_id": tid, "x": round(float(proj.coords[i, 0]), 4), "y": round(float(proj.coords[i, 1]), 4),
+            "item_id": shown[tid], "x": round(float(proj.coords[i, 0]), 4), "y": round(float(proj.coords[i, 1]), 4),
             "title": lab.get("title"), "author": lab.get("artist"), "tag": lab.get("tag"),
             "label": lab.get(field_of) if field_of else None,
         })
@@ -717,7 +757,7 @@ def map_body(sc: "Sidecar", proj: Projection, q: MapQuery, model: str) -> bytes:
         "model": model, "projection": proj.method, "colour_by": q.colour_by, "count": len(items), "total": n,
         "computed_at": proj.computed_at, "legend": [{"label": k, "count": v} for k, v in legend.most_common()], "items": items,
     }, separators=(",", ":")).encode()
-    st.map_bodies = {k: v for k, v in st.map_bodies.items() if k[:3] == key[:3]}  # drop bodies of older versions
+    st.map_bodies = {k: v for k, v in st.map_bodies.items() if k[:5] == key[:5]}  # drop bodies of older versions
     st.map_bodies[key] = body
     return body
 
@@ -741,9 +781,11 @@ async def map_selection(request: web.Request) -> web.Response:
     req = await parse_body(request, MapSelection)
     sc = sidecar_of(request)
     ids = _resolve(sc, req.item_ids, "item_ids")
-    meta = sc.catalog.tracks_brief(ids)
+    meta = _brief(sc.catalog, ids)
     tracks = [
-        SelectedTrack(item_id=t, title=m.get("title"), author=m.get("artist"), album=m.get("album"), duration_s=m.get("duration_s"))
+        SelectedTrack(
+            item_id=m["out_id"], title=m.get("title"), author=m.get("artist"), album=m.get("album"), duration_s=m.get("duration_s")
+        )
         for t in ids if (m := meta.get(t)) is not None
     ]
     return json_response(
@@ -794,16 +836,21 @@ def _find_artist(index: ArtistIndex, name: str, field: str) -> int:
     return row
 
 
-def similar_artists(index: ArtistIndex, row: int, n: int, with_songs: bool) -> list[SimilarArtist]:
+def similar_artists(catalog: "Catalog", index: ArtistIndex, row: int, n: int, with_songs: bool) -> list[SimilarArtist]:
     sims = index.centroids @ index.centroids[row]
     sims[row] = -np.inf
     k = min(n, len(index.names) - 1)
     top = np.argsort(-sims, kind="stable")[:k]
 
-    def songs(of: int, towards: int, count: int = 5) -> list[SongRef]:
+    def best_rows(of: int, towards: int, count: int = 5) -> np.ndarray:
         rows = index.members[of]
-        best = rows[np.argsort(-(index.unit[rows] @ index.centroids[towards]), kind="stable")[:count]]
-        return [SongRef(item_id=index.track_ids[r], title=index.titles[r]) for r in best]
+        return rows[np.argsort(-(index.unit[rows] @ index.centroids[towards]), kind="stable")[:count]]
+
+    picks = {(a, b): best_rows(a, b) for j in top for a, b in ((row, j), (j, row))} if with_songs else {}
+    shown = _server_ids(catalog, [index.track_ids[r] for rows in picks.values() for r in rows])
+
+    def songs(of: int, towards: int) -> list[SongRef]:
+        return [SongRef(item_id=shown[index.track_ids[r]], title=index.titles[r]) for r in picks[(of, towards)]]
 
     return [
         SimilarArtist(
@@ -825,7 +872,7 @@ async def similar_artists_route(request: web.Request) -> web.Response:
     model = _model(sc, q.model)
     index = await asyncio.to_thread(_artist_index, sc, model)
     row = _find_artist(index, q.artist or q.artist_id, "artist" if q.artist else "artist_id")
-    return json_response(await asyncio.to_thread(similar_artists, index, row, q.n, q.include_component_matches))
+    return json_response(await asyncio.to_thread(similar_artists, sc.catalog, index, row, q.n, q.include_component_matches))
 
 
 # --------------------------------------------------------------------------------------- track search
@@ -840,8 +887,9 @@ def search_tracks(catalog: "Catalog", text: str, limit: int, offset: int) -> lis
         " LIMIT ? OFFSET ?",
         args + [limit, offset],
     )
+    shown = _server_ids(catalog, [r["track_id"] for r in rows])
     return [
-        SearchTrack(item_id=r["track_id"], title=r["title"], author=r["artist"], album=(r["album"] or "").strip() or "unknown")
+        SearchTrack(item_id=shown[r["track_id"]], title=r["title"], author=r["artist"], album=(r["album"] or "").strip() or "unknown")
         for r in rows
     ]
 

@@ -65,18 +65,21 @@ def external_map(catalog: "Catalog", server: str = SERVER) -> dict[str, str]:
     return {r["external_id"]: r["track_id"] for r in catalog._q("SELECT external_id, track_id FROM external_ids WHERE server = ?", (server,))}
 
 
-def server_ids_for(catalog: "Catalog", track_ids: Iterable[str], server: str = SERVER) -> dict[str, str]:
-    """Our track id -> the server's song id (the smallest, if a file is on the server twice); unknown left out."""
-    ids = list(dict.fromkeys(track_ids))
+def external_ids_among(catalog: "Catalog", ids: Iterable[str], server: str = SERVER) -> dict[str, str]:
+    """external id -> our track id, for those of `ids` that are the server's ids."""
     out: dict[str, str] = {}
-    for part in _chunks(ids):
-        marks = ",".join("?" * len(part))
+    for part in _chunks(list(dict.fromkeys(ids))):
         rows = catalog._q(
-            f"SELECT track_id, MIN(external_id) AS external_id FROM external_ids WHERE server = ? AND track_id IN ({marks}) GROUP BY track_id",
+            f"SELECT external_id, track_id FROM external_ids WHERE server = ? AND external_id IN ({','.join('?' * len(part))})",
             [server, *part],
         )
-        out.update({r["track_id"]: r["external_id"] for r in rows})
+        out.update({r["external_id"]: r["track_id"] for r in rows})
     return out
+
+
+def server_ids_for(catalog: "Catalog", track_ids: Iterable[str], server: str = SERVER) -> dict[str, str]:
+    """Our track id -> the server's song id; unknown left out."""
+    return catalog.external_ids(track_ids, server)
 
 
 def forget_external_ids(catalog: "Catalog", external_ids: Iterable[str], server: str = SERVER) -> None:
@@ -93,10 +96,19 @@ def track_ids_for_paths(catalog: "Catalog", paths: Iterable[str]) -> dict[str, s
     return out
 
 
-def files_signature(catalog: "Catalog") -> tuple:
-    """Changes whenever a file row is added or removed (cheap: no scan of the table)."""
-    r = catalog._q("SELECT COUNT(*) AS n, MAX(rowid) AS m FROM files")[0]
-    return (r["n"], r["m"])
+def last_file_rowid(catalog: "Catalog") -> int:
+    """The files table's highest rowid: file rows added later have higher ones."""
+    return catalog._q("SELECT COALESCE(MAX(rowid), 0) AS m FROM files")[0]["m"]
+
+
+def files_since(catalog: "Catalog", rowid: int, limit: int = 5000) -> list[dict]:
+    """File rows added after `rowid`, with their track's tags, oldest first."""
+    rows = catalog._q(
+        "SELECT f.rowid AS rowid, f.path, f.track_id, t.title, t.album, t.artist, t.duration_s FROM files f"
+        " JOIN tracks t USING (track_id) WHERE f.rowid > ? ORDER BY f.rowid LIMIT ?",
+        (rowid, limit),
+    )
+    return [dict(r) for r in rows]
 
 
 def ratings_of(catalog: "Catalog", user: str) -> dict[str, tuple[int | None, bool, int | None]]:
@@ -215,6 +227,18 @@ class _Listing:
     pending: dict[str, _Pending] = field(default_factory=dict)
     total: int = 0
     example: str | None = None
+    by_path: dict[str, str] = field(default_factory=dict)  # candidate local path -> pending song id
+    by_tags: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (title, album) -> pending song ids
+    files_rowid: int = 0  # file rows above this one were added after the listing was matched
+
+    def index_pending(self) -> None:
+        """Index the pending songs by path, and by tags those whose file is not on this disk (made-up paths)."""
+        self.by_path, self.by_tags = {}, {}
+        for sid, x in self.pending.items():
+            for p in x.paths:
+                self.by_path.setdefault(p, sid)
+            if x.title and not any(os.path.exists(p) for p in x.paths):
+                self.by_tags.setdefault((_norm(x.title), _norm(x.album)), []).append(sid)
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -231,6 +255,7 @@ class MediaServerService:
         self.options: dict[str, str] = dict(s.plugins.get("subsonic", {}))
         self.error: str | None = None
         self.error_at: float | None = None
+        self._error_keys: dict[str, str] = {}
         self.adapter = adapter
         if self.adapter is None:
             try:
@@ -250,6 +275,7 @@ class MediaServerService:
         self.listing = _Listing()
         self.notes: dict[str, _Note] = {}
         self.ratings_reported = False
+        self.plays_reported = False  # the listing carries playCount: no need to walk the played albums
         self.last_listing_at: float | None = None
         self.last_sync_at: float | None = None
         self.last_scan_event_at: float | None = None
@@ -258,9 +284,10 @@ class MediaServerService:
         self.listings = 0  # completed listings, for tests and status
         self.scan_events = 0
         self._wake = asyncio.Event()
+        self._want_full = False
+        self._want_songs: set[str] = set()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
-        self._files_sig: tuple | None = None
         self._warned_unmatched = False
         self._played_seen: dict[str, float] = {}
         self._schedules_path = s.data_dir / "media_playlists.json"
@@ -291,22 +318,37 @@ class MediaServerService:
         if self.adapter is not None:
             await self.adapter.close()
 
-    def wake(self) -> None:
-        """Refresh the song ids and the listening history now (coalesced with a run already due)."""
+    def wake(self, full: bool = True, songs: Iterable[str] = ()) -> None:
+        """Sync now (coalesced with a run already due): `full` lists every song again (new ids after a scan);
+        otherwise only the listening history, re-reading the given songs (a star or rating changed)."""
+        self._want_full |= full
+        self._want_songs.update(songs)
         self._wake.set()
 
-    def _record_error(self, message: str) -> None:
-        message = redact(message, *getattr(self.adapter, "secrets", ()))
-        if message != self.error:
-            log.error("%s", message)
-        else:
-            log.debug("%s (again)", message)
-        self.error, self.error_at = message, time.time()
+    def wake_for_resources(self, resources: Any) -> None:
+        """Navidrome's refreshResource payload: {"*": "*"} or {"song": ["id", ...], "album": [...], ...}."""
+        if not isinstance(resources, dict) or "*" in resources or any(v == "*" or v == ["*"] for v in resources.values()):
+            self.wake(full=True)
+            return
+        songs = resources.get("song") or []
+        self.wake(full=False, songs=[str(x) for x in (songs if isinstance(songs, list) else [songs])])
 
-    def _recovered(self) -> None:
-        if self.error is not None:
+    def _record_error(self, message: str, then: str = "", source: str = "sync") -> None:
+        """Log an error once per source (again only when it changes); `then` says what happens next."""
+        secrets = getattr(self.adapter, "secrets", ())
+        message, then = redact(message, *secrets), redact(then, *secrets)
+        if message != self._error_keys.get(source):
+            log.error("%s%s", message, then)
+        else:
+            log.debug("%s%s (again)", message, then)
+        self._error_keys[source] = message
+        self.error, self.error_at = message + then, time.time()
+
+    def _recovered(self, source: str = "sync") -> None:
+        if self._error_keys.pop(source, None) is not None:
             log.info("media server %s answers again", self.url)
-        self.error = self.error_at = None
+        if not self._error_keys:
+            self.error = self.error_at = None
 
     async def _main(self) -> None:
         lo, hi = self._opt("retry_min_s", 5), self._opt("retry_max_s", 300)
@@ -316,7 +358,7 @@ class MediaServerService:
                 await self.connect()
                 break
             except MediaServerError as e:
-                self._record_error(f"{e}; the sidecar goes on without the media server and retries in {delay:g} s")
+                self._record_error(str(e), f"; the sidecar goes on without the media server and retries in {delay:g} s")
             except Exception as e:  # a bug must not take the sidecar down either
                 log.exception("media server %s: unexpected error while connecting", self.url)
                 self._record_error(f"media server {self.url}: unexpected error {type(e).__name__}")
@@ -329,24 +371,33 @@ class MediaServerService:
             self._tasks.append(asyncio.create_task(self._events_loop(), name="media-server-events"))
         interval = self.settings.media_server_sync_interval_s
         delay = lo
+        full = True
         while True:
+            songs, self._want_songs = self._want_songs, set()
             try:
-                await self.refresh_ids()
+                if full:
+                    await self.refresh_ids()
+                elif songs:
+                    await self.refresh_songs(songs)
                 await self.sync_history()
                 delay = lo
                 timeout = interval or None
             except MediaServerError as e:
-                self._record_error(f"{e}; retrying in {delay:g} s")
+                self._record_error(str(e), f"; retrying in {delay:g} s")
                 timeout, delay = delay, min(delay * 2, hi)
+                self._want_full |= full
+                self._want_songs |= songs
             except Exception:
                 log.exception("media server sync failed")
                 timeout = delay
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
+                full = False
             except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
+                full = True  # the periodic run lists everything
             await asyncio.sleep(0.2)  # coalesce a burst of wake-ups
+            self._wake.clear()
+            full, self._want_full = full or self._want_full, False
 
     async def connect(self) -> None:
         self.info = await self.adapter.ping()
@@ -372,18 +423,20 @@ class MediaServerService:
             self._recovered()
             notes: dict[str, _Note] = {}
             reported = False
+            plays = False
             for s in songs:
                 reported |= s.user_rating is not None
+                plays |= s.play_count is not None
                 n = _Note()
                 n.merge(s)
                 if not n.empty:
                     notes[s.id] = n
             self.notes = notes
             self.ratings_reported = reported or (getattr(self.info, "type", None) == "navidrome")
+            self.plays_reported = plays
             self.listing = await asyncio.to_thread(self._apply_listing, songs)
             self.last_listing_at = time.time()
             self.listings += 1
-            self._files_sig = await asyncio.to_thread(files_signature, self.sc.catalog)
         lst = self.listing
         log.info(
             "media server %s: %d songs, %d matched to tracks%s, %d not (yet) analysed here",
@@ -391,8 +444,34 @@ class MediaServerService:
         )
         return lst
 
+    async def refresh_songs(self, song_ids: Iterable[str]) -> None:
+        """Re-read a few songs (a star, a rating or a play changed on the server), and match new ones."""
+        new: dict[str, _Pending] = {}
+        for sid in list(song_ids)[:200]:
+            try:
+                s = await self.adapter.song(sid)
+            except NotFound:
+                self.notes.pop(sid, None)
+                continue
+            n = _Note()
+            n.merge(s)
+            if n.empty:
+                self.notes.pop(sid, None)
+            else:
+                self.notes[sid] = n
+            if sid not in self.listing.mapped:
+                new[sid] = _Pending(self.paths.candidates(s.path), s.title, s.album, s.artist, s.duration_s)
+        if new:
+            async with self._lock:
+                mapped, _, left = await asyncio.to_thread(self._match, new)
+                await asyncio.to_thread(self._store_ids, mapped)
+                self.listing.mapped.update(mapped)
+                self.listing.pending.update(left)
+                await asyncio.to_thread(self.listing.index_pending)
+
     def _apply_listing(self, songs: list[Song]) -> _Listing:
         catalog = self.sc.catalog
+        rowid = last_file_rowid(catalog)  # before matching: files added meanwhile are seen by match_pending
         existing = external_map(catalog)
         pending = {
             s.id: _Pending(self.paths.candidates(s.path), s.title, s.album, s.artist, s.duration_s) for s in songs
@@ -413,6 +492,8 @@ class MediaServerService:
         out.pending = {sid: p for sid, p in out.pending.items() if sid not in existing}
         example = next((p for p in out.pending.values() if p.paths), None)
         out.example = example.paths[0] if example else None
+        out.files_rowid = rowid
+        out.index_pending()
         return out
 
     def _match(self, pending: dict[str, _Pending]) -> tuple[dict[str, str], int, dict[str, _Pending]]:
@@ -458,26 +539,50 @@ class MediaServerService:
                 log.exception("matching the media server's songs failed")
 
     async def match_pending(self) -> int:
-        if not self.listing.pending:
+        """Match waiting songs to the file rows the catalog gained since the last look: by path, or by tags
+        for songs whose path is made up. Reads only the new rows, so it is cheap while a big library is
+        being analysed."""
+        lst = self.listing
+        if not lst.pending:
             return 0
-        sig = await asyncio.to_thread(files_signature, self.sc.catalog)
-        if sig == self._files_sig:
+        rows = await asyncio.to_thread(files_since, self.sc.catalog, lst.files_rowid)
+        if not rows:
             await self._warn_unmatched()
             return 0
         async with self._lock:
-            self._files_sig = sig
-            pending = dict(self.listing.pending)
-            mapped, via_tags, left = await asyncio.to_thread(self._match, pending)
+            if self.listing is not lst:  # a new listing came meanwhile: it has seen these rows
+                return 0
+            lst.files_rowid = rows[-1]["rowid"]
+            mapped: dict[str, str] = {}
+            via_tags = 0
+            for r in rows:
+                sid = lst.by_path.get(os.path.normpath(r["path"]))
+                if sid is not None and sid in lst.pending and sid not in mapped:
+                    mapped[sid] = r["track_id"]
+                    continue
+                fits = [
+                    s for s in lst.by_tags.get((_norm(r["title"]), _norm(r["album"])), ())
+                    if s in lst.pending and s not in mapped and (
+                        lst.pending[s].duration_s is None or r["duration_s"] is None
+                        or abs(lst.pending[s].duration_s - r["duration_s"]) <= 2.0
+                    )
+                ]
+                if len(fits) > 1:
+                    fits = [s for s in fits if _norm(lst.pending[s].artist) == _norm(r["artist"])]
+                if len(fits) == 1:
+                    mapped[fits[0]] = r["track_id"]
+                    via_tags += 1
             if not mapped:
                 return 0
             await asyncio.to_thread(self._store_ids, mapped)
-            self.listing.mapped.update(mapped)
-            self.listing.via_tags += via_tags
-            self.listing.pending = {sid: p for sid, p in self.listing.pending.items() if sid not in mapped}
+            lst.mapped.update(mapped)
+            lst.via_tags += via_tags
+            for sid in mapped:
+                lst.pending.pop(sid, None)
             notes = {sid: self.notes[sid] for sid in mapped if sid in self.notes}
             if notes and self.user:
                 await asyncio.to_thread(self._apply_history, notes, None)
-        log.debug("media server: %d more songs matched, %d waiting", len(mapped), len(self.listing.pending))
+        log.debug("media server: %d more songs matched, %d waiting", len(mapped), len(lst.pending))
         return len(mapped)
 
     def _store_ids(self, mapped: dict[str, str]) -> None:
@@ -516,7 +621,7 @@ class MediaServerService:
         starred = await self.adapter.starred()
         for s in starred:
             notes.setdefault(s.id, _Note()).merge(s)
-        for kind in ("recent", "frequent"):
+        for kind in () if self.plays_reported else ("recent", "frequent"):
             try:
                 for s in await self.adapter.played_songs(kind, int(self._opt("played_albums", 50))):
                     notes.setdefault(s.id, _Note()).merge(s)
@@ -607,14 +712,16 @@ class MediaServerService:
         while True:
             try:
                 signature, scanning = await self._scan_signature()
+                self._recovered("scan")
                 if scanning:
                     was_scanning = True
                 else:
-                    if previous is not None and (was_scanning or signature != previous):
+                    changed = previous is not None and (was_scanning or signature != previous)
+                    if changed and self.events_state != "connected":  # the event stream reports it sooner
                         await self.scan_finished("subsonic-poll")
                     previous, was_scanning = signature, False
             except MediaServerError as e:
-                self._record_error(f"{e} (watching for scans)")
+                self._record_error(f"{e} (watching for scans)", source="scan")
             except Exception:
                 log.exception("watching the media server's scans failed")
             await asyncio.sleep(every)
@@ -625,11 +732,14 @@ class MediaServerService:
         lo, hi = self._opt("retry_min_s", 5), self._opt("retry_max_s", 300)
         delay = lo
         scanning = False
+        server_start = None
         while True:
             self.events_state = "connecting"
             try:
                 token = await self.adapter.navidrome_login()
                 async for name, data in self.adapter.events(token):
+                    if self.events_state != "connected":
+                        self._recovered("events")
                     self.events_state, delay = "connected", lo
                     if name == "scanStatus" and isinstance(data, dict):
                         if data.get("scanning"):
@@ -637,10 +747,15 @@ class MediaServerService:
                         elif scanning:
                             scanning = False
                             await self.scan_finished("navidrome-events")
-                    elif name in ("refreshResource", "serverStart"):
-                        self.wake()
+                    elif name == "refreshResource":
+                        self.wake_for_resources(data)
+                    elif name == "serverStart":  # sent on every connection; a new start time: it restarted
+                        started = data.get("startTime") if isinstance(data, dict) else None
+                        if server_start is not None and started != server_start:
+                            self.wake()
+                        server_start = started
             except MediaServerError as e:
-                self._record_error(f"{e} (event stream; retrying in {delay:g} s)")
+                self._record_error(f"{e} (event stream)", f"; retrying in {delay:g} s", source="events")
             except Exception:
                 log.exception("Navidrome's event stream failed")
             self.events_state = "connecting"
@@ -653,7 +768,6 @@ class MediaServerService:
         from sidecar.engine import RecommendError
 
         catalog = self.sc.catalog
-        ids = await asyncio.to_thread(external_map, catalog)
         warnings: list[str] = []
         skipped: list[str] = []
         pairs: list[tuple[str, str]] = []  # (server id, our id)
@@ -680,6 +794,7 @@ class MediaServerService:
         else:
             resolved = await asyncio.to_thread(catalog.resolve_ids, req.track_ids)
             server = await asyncio.to_thread(server_ids_for, catalog, set(resolved.values()))
+            ids = await asyncio.to_thread(external_ids_among, catalog, req.track_ids)
             for i, given in enumerate(req.track_ids):
                 tid = resolved.get(given)
                 if tid is None:
@@ -697,7 +812,9 @@ class MediaServerService:
         if back != song_ids:
             warnings.append(f"the server holds {len(back)} songs, not the {len(song_ids)} sent (it may have dropped unknown ones)")
         ours_by_server = dict(pairs)
-        our_ids = [ours_by_server.get(s) or ids.get(s) or s for s in back]
+        if set(back) - set(ours_by_server):
+            ours_by_server.update(await asyncio.to_thread(external_ids_among, catalog, set(back) - set(ours_by_server)))
+        our_ids = [ours_by_server.get(s, s) for s in back]
         await asyncio.to_thread(catalog.save_playlist, playlist.id, playlist.name, req.user, our_ids)
         if req.refresh_interval_s:
             self.schedules[playlist.id] = {
@@ -721,7 +838,7 @@ class MediaServerService:
         if req.replace:
             mine = [p["playlist_id"] for p in await asyncio.to_thread(stored_playlists, self.sc.catalog, req.user) if p["name"] == req.name]
             on_server = await self.adapter.playlists()
-            owner = getattr(self.adapter, "user", None)
+            owner = self.user
             names = {p.id: p for p in on_server}
             target = next((pid for pid in mine if pid in names), None)
             if target is None:  # one the server already has under this name, made by this account
@@ -768,13 +885,14 @@ class MediaServerService:
             )
             try:
                 await self.write_playlist(req)
+                self._recovered("playlists")
                 done.append(pid)
             except ApiError as e:
                 log.error("regenerating playlist %r failed: %s", s["name"], e.body.error)
                 if e.status == 404:
                     self.schedules.pop(pid, None)
             except MediaServerError as e:
-                self._record_error(f"{e} (regenerating playlist {s['name']!r})")
+                self._record_error(f"{e} (regenerating playlist {s['name']!r})", source="playlists")
                 continue
             if pid in self.schedules:
                 self.schedules[pid]["last_run"] = time.time()
@@ -850,7 +968,7 @@ async def navidrome_webhook(request: web.Request) -> web.Response:
             await sc.bus.publish(event)
         return json_response(WebhookResult(status="accepted", event=hook.event, action="reconcile", event_id=event.event_id), 202)
     if hook.event == "refresh_resource" and media is not None:
-        media.wake()
+        media.wake_for_resources(hook.resources if hook.resources is not None else {"*": "*"})
         return json_response(WebhookResult(status="accepted", event=hook.event, action="sync"), 202)
     if hook.event == "ping":
         return json_response(WebhookResult(status="ok", event=hook.event))

@@ -43,6 +43,7 @@ class Sidecar:
         self.watcher: FolderWatcher | None = None
         self.text = None  # TextRecommender, when a text encoder loads
         self.engine = None
+        self.media = None  # MediaServerService, when a media server is configured
         self.text_unavailable: str | None = None
         self.idle = asyncio.Event()  # the ingest consumer has nothing in flight and saw no lag
         self.reconciled = asyncio.Event()  # the start-up reconcile walk has published its events
@@ -117,6 +118,11 @@ class Sidecar:
         if self.roots:
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
         self.worker.resume_replays()
+        if s.media_server_url:
+            from sidecar.mediaserver import MediaServerService
+
+            self.media = MediaServerService(self)
+            await self.media.start()  # returns at once; a server that is down is retried in the background
         if http:
             from sidecar.api import make_app
 
@@ -181,6 +187,8 @@ class Sidecar:
         self._stop.set()
         if self._http is not None:
             await self._http.cleanup()
+        if self.media is not None:
+            await self.media.close()
         if self.watcher is not None:
             await self.watcher.stop()
         if self.worker is not None:
