@@ -352,11 +352,11 @@ def status(data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = No
 def train_text(
     model: Annotated[str, typer.Option(help="audio model whose space the text is projected into")] = "musicnn",
     epochs: Annotated[int, typer.Option(min=1, max=10000, help="passes over the library")] = 60,
-    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share of tracks kept out of training to measure recall")] = 0.2,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="cross-validation folds for the recall estimate")] = 5,
     seed: Annotated[int, typer.Option(help="random seed (split, augmentation, initialisation)")] = 0,
     data_dir: DataDirOpt = None, embedders: EmbeddersOpt = None, verbose: VerboseOpt = False,
 ):
-    """Train the text-to-audio projection for one model on your own library, and report held-out recall@10.
+    """Train the text-to-audio projection for one model on your own library, and report cross-validated recall@10.
 
     The text of each track is what the library says of it: file tags (genre, artist, album, year), MusiCNN's
     predicted tags and words for its DSP analysis. The checkpoint is loaded by the next `sidecar serve`.
@@ -369,18 +369,18 @@ def train_text(
     if model not in s.embedders:
         _fail(f"--model {model} is not an enabled embedder (enabled: {', '.join(s.embedders)})", 2)
     try:
-        result = asyncio.run(_train_text(s, model, epochs, holdout, seed))
+        result = asyncio.run(_train_text(s, model, epochs, folds, seed))
     except SidecarError as e:
         _fail(str(e))
     except ValueError as e:
         _fail(str(e))
     console.print(
-        f"held-out recall@10: [bold]{result.recall_at_10:.2f}[/] (chance {result.chance_at_10:.2f}) on {result.n_test} tracks, "
-        f"trained on {result.n_train} in {result.seconds:.1f} s"
+        f"held-out recall@10: [bold]{result.recall_at_10:.2f}[/] (chance {result.chance_at_10:.2f}), "
+        f"{result.folds}-fold cross-validation over {result.n_tracks} tracks; trained in {result.seconds:.1f} s"
     )
 
 
-async def _train_text(s, model: str, epochs: int, holdout: float, seed: int):
+async def _train_text(s, model: str, epochs: int, folds: int, seed: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sidecar import text_projection as tp
@@ -396,10 +396,10 @@ async def _train_text(s, model: str, epochs: int, holdout: float, seed: int):
         lib = await asyncio.to_thread(tp.library_text, sc.catalog, sc.store, model)
         columns = (TextColumn("training {task.fields[loss]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task("", total=epochs, loss="")
+            task = bar.add_task("", total=(folds + 1) * epochs, loss="")
             result = await asyncio.to_thread(
-                tp.train, lib, sc.text.encoder, epochs=epochs, holdout=holdout, seed=seed,
-                on_epoch=lambda e, loss: bar.update(task, completed=e + 1, loss=f"(loss {loss:.3f})"),
+                tp.train, lib, sc.text.encoder, epochs=epochs, folds=folds, seed=seed,
+                on_epoch=lambda done, total, loss: bar.update(task, completed=done, total=total, loss=f"(loss {loss:.3f})"),
             )
         path = tp.checkpoint_path(s.data_dir, model)
         tp.save(path, result, audio_model=model, audio_version=sc.embedders.ready[model].version, encoder=sc.text.encoder)

@@ -48,7 +48,8 @@ def library_text(catalog: Catalog, store: VectorStore, model: str) -> LibraryTex
         "SELECT t.track_id, t.genre, t.artist, t.album, t.year, m.tags, d.features FROM tracks t"
         " JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
         " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
-        " JOIN embeddings e ON e.track_id = t.track_id AND e.model = ? AND e.status = 'done' ORDER BY t.track_id",
+        " JOIN embeddings e ON e.track_id = t.track_id AND e.model = ? AND e.status = 'done'"
+        " ORDER BY t.content_hash",  # the same music gives the same folds, whatever its random track ids
         (model,),
     )
     feats = []
@@ -84,50 +85,54 @@ def plain_text(slots: list[tuple[str, ...]]) -> str:
 
 @dataclass
 class TrainResult:
-    projection: Projection
-    recall_at_10: float
+    projection: Projection  # fitted on every track
+    recall_at_10: float  # mean over folds: each track's own text, held out, among all tracks' audio
     chance_at_10: float
-    n_train: int
-    n_test: int
+    folds: int
+    n_tracks: int
     seconds: float
 
 
 def train(
-    lib: LibraryText, encoder: TextEncoder, *, epochs: int = 60, holdout: float = 0.2, seed: int = 0,
-    on_epoch: Callable[[int, float], None] | None = None,
+    lib: LibraryText, encoder: TextEncoder, *, epochs: int = 60, folds: int = 5, seed: int = 0,
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
-    """Train on all but a held-out share of tracks; report recall@10 of the held-out tracks' own text
-    among all tracks' audio vectors (chance: 10 / number of tracks)."""
+    """Estimate recall@10 by k-fold cross-validation (each track's text is a query once, from a model that
+    never saw that track; chance is 10 / number of tracks), then fit the projection on every track.
+    `on_epoch(done, total, loss)` reports progress over all the fits."""
     t0 = time.perf_counter()
     n = len(lib.track_ids)
     if n < 10:
         raise ValueError(f"{n} tracks have both analyses; at least 10 are needed to train")
+    folds = max(2, min(folds, n // 2))
+    order = np.random.default_rng(seed).permutation(n)
+    total = (folds + 1) * epochs
+    hits = 0.0
+    for f, test in enumerate(np.array_split(order, folds)):
+        model = _fit(lib, encoder, np.setdiff1d(order, test), epochs, seed, on_epoch and (lambda e, loss, f=f: on_epoch(f * epochs + e + 1, total, loss)))
+        hits += recall_at_k(model, encoder, lib, test, k=10) * len(test)
+    final = _fit(lib, encoder, order, epochs, seed, on_epoch and (lambda e, loss: on_epoch(folds * epochs + e + 1, total, loss)))
+    return TrainResult(final, hits / n, min(1.0, 10 / n), folds, n, time.perf_counter() - t0)
+
+
+def _fit(lib: LibraryText, encoder: TextEncoder, train_idx: np.ndarray, epochs: int, seed: int, on_epoch=None) -> Projection:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    order = rng.permutation(n)
-    n_test = max(2, int(round(n * holdout)))
-    test, train_idx = order[:n_test], order[n_test:]
     texts = [_augment(lib.words[i], rng) for i in train_idx for _ in range(AUGMENTED_TEXTS)]
     text_vecs = torch.from_numpy(encoder.encode(texts)).view(len(train_idx), AUGMENTED_TEXTS, -1)
-    audio = torch.from_numpy(lib.audio)
-    model = Projection(text_vecs.shape[-1], audio.shape[1])
+    targets = torch.from_numpy(lib.audio)[torch.from_numpy(train_idx)]
+    model = Projection(text_vecs.shape[-1], targets.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    log_temp = torch.tensor(np.log(1 / 0.07), dtype=torch.float32)
+    scale = 1 / 0.07  # CLIP's initial temperature
     batch = min(64, len(train_idx))
-    targets_all = audio[torch.from_numpy(train_idx)]
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(train_idx))
         total = 0.0
         for s in range(0, len(perm), batch):
             b = perm[s : s + batch]
-            pick = torch.randint(0, AUGMENTED_TEXTS, (len(b),))
-            t = model(text_vecs[b, pick])
-            a = targets_all[b]
-            logits = log_temp.exp() * t @ a.T
+            logits = scale * model(text_vecs[b, torch.randint(0, AUGMENTED_TEXTS, (len(b),))]) @ targets[b].T
             labels = torch.arange(len(b))
-            # tracks with the same words are not negatives of each other: only the diagonal is asked for,
-            # symmetric cross-entropy as in CLIP
             loss = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
             opt.zero_grad()
             loss.backward()
@@ -135,9 +140,7 @@ def train(
             total += loss.item() * len(b)
         if on_epoch:
             on_epoch(epoch, total / len(train_idx))
-    model.eval()
-    recall = recall_at_k(model, encoder, lib, test, k=10)
-    return TrainResult(model, recall, min(1.0, 10 / n), len(train_idx), len(test), time.perf_counter() - t0)
+    return model.eval()
 
 
 def recall_at_k(model: Projection, encoder: TextEncoder, lib: LibraryText, which: np.ndarray, k: int = 10) -> float:
@@ -166,8 +169,8 @@ def save(path: Path, result: TrainResult, *, audio_model: str, audio_version: st
             "in_dim": lin_in.in_features, "hidden": lin_in.out_features, "out_dim": lin_out.out_features,
             "audio_model": audio_model, "audio_version": audio_version,
             "text_encoder": f"{encoder.name}:{encoder.version}",
-            "recall_at_10": result.recall_at_10, "chance_at_10": result.chance_at_10,
-            "n_train": result.n_train, "n_test": result.n_test, "trained_at": time.time(),
+            "recall_at_10": result.recall_at_10, "chance_at_10": result.chance_at_10, "folds": result.folds,
+            "n_tracks": result.n_tracks, "trained_at": time.time(),
         },
         tmp,
     )

@@ -34,8 +34,8 @@ def test_train_text_reports_held_out_recall_far_above_chance(trained):
     data, result = trained
     assert result.exit_code == 0, result.output
     recall, chance = map(float, re.search(r"recall@10: ([\d.]+) \(chance ([\d.]+)\)", result.output).groups())
-    assert chance == pytest.approx(10 / 51, abs=0.01)
-    assert recall >= 3 * chance, result.output
+    assert chance == pytest.approx(10 / 51, abs=0.01) and "5-fold cross-validation over 51 tracks" in result.output
+    assert recall >= 3 * 10 / 51, result.output  # measured here: 0.84 (seed 0)
     assert (data / "text_projection" / "musicnn.pt").exists()
 
 

@@ -67,6 +67,14 @@ def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarra
     return (x / np.maximum(norm, eps)).astype(np.float32, copy=False)
 
 
+def mean_spread_vector(mean: np.ndarray, std: np.ndarray, pooling: str) -> np.ndarray:
+    """The "mean plus spread" track or segment vector: pooling "meanstd" joins the L2-normalised mean and
+    standard deviation with equal weight (a unit vector); "mean" keeps the normalised mean alone."""
+    if pooling == "mean":
+        return l2_normalize(mean)
+    return (np.concatenate([l2_normalize(mean), l2_normalize(std)], axis=-1) / np.sqrt(2.0)).astype(np.float32)
+
+
 def pooled_mean_std(means: np.ndarray, vars_: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation over all frames of all windows, from each window's frame statistics.
 

@@ -91,7 +91,7 @@ from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
 
 from ._torchaudio_compat import torchaudio_standin
 from ._windows import (
-    checkpoint_dir, checkpoint_fingerprint, l2_normalize, number_option, pooled_mean_std, split_windows,
+    checkpoint_dir, checkpoint_fingerprint, l2_normalize, mean_spread_vector, number_option, pooled_mean_std, split_windows,
 )  # fmt: skip
 
 __all__ = ["MuqEmbedder", "MuqMulanEmbedder", "import_muq", "build_muq", "read_config", "read_weights"]
@@ -428,9 +428,7 @@ class MuqEmbedder(Embedder):
         return np.concatenate(means), np.concatenate(vars_), np.asarray(counts)
 
     def _vector(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-        if self.pooling == "mean":
-            return l2_normalize(mean)
-        return (np.concatenate([l2_normalize(mean), l2_normalize(std)], axis=-1) / np.sqrt(2.0)).astype(np.float32)
+        return mean_spread_vector(mean, std, self.pooling)
 
     def embed(self, audio: np.ndarray) -> EmbedResult:
         if self._model is None:

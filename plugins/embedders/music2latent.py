@@ -45,7 +45,7 @@ import numpy as np
 from schemas.embedding import EmbedResult
 from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
 
-from ._windows import l2_normalize, number_option, pooled_mean_std, split_windows
+from ._windows import mean_spread_vector, number_option, pooled_mean_std, split_windows
 
 __all__ = ["Music2LatentEmbedder", "CHECKPOINT_FILE", "read_checkpoint", "encoder_state"]
 
@@ -236,9 +236,7 @@ class Music2LatentEmbedder(Embedder):
         return np.concatenate(means), np.concatenate(vars_), np.asarray(counts)
 
     def _vector(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-        if self.pooling == "mean":
-            return l2_normalize(mean)
-        return (np.concatenate([l2_normalize(mean), l2_normalize(std)], axis=-1) / np.sqrt(2.0)).astype(np.float32)
+        return mean_spread_vector(mean, std, self.pooling)
 
     def embed(self, audio: np.ndarray) -> EmbedResult:
         if self._encoder is None:
