@@ -264,7 +264,9 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 
 
 def make_app(sc: "Sidecar") -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
+    from sidecar.access import access_control
+
+    app = web.Application(middlewares=[errors_as_json, access_control], client_max_size=1 << 20)
     app[SIDECAR] = sc
     app.router.add_get("/health", health)
     app.router.add_get("/api/status", status)

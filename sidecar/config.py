@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     media_server_sync_interval_s: float = Field(default=900, ge=0, description="stars, ratings and play counts; 0 disables")
     media_server_scan_poll_s: float = Field(default=60, ge=0, description="poll getScanStatus; 0 disables")
     webhook_secret: str = Field(default="", repr=False, description="shared secret the webhooks must present")
+    api_token: str = Field(default="", repr=False, description="token for admin and mutating endpoints; empty: loopback callers only")
+    read_access: Literal["any", "localhost"] = Field(default="any", description="localhost: read endpoints answer only local callers")
     llm_url: str = Field(default="", description="OpenAI-compatible or Ollama base URL for the instant playlist; empty: none")
     llm_model: str = ""
     llm_api_key: str = Field(default="", repr=False)
