@@ -24,6 +24,7 @@ MIN_SIMILARITY = 0.4  # below this a concept's match is noise (measured: lower r
 # concepts close to its best match.
 MAX_BELOW_BEST = 0.2
 METADATA_MIN_SIMILARITY = 0.5
+METADATA_FIELDS = ("genre", "artist", "album")
 
 MSD_TAGS = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
@@ -139,8 +140,11 @@ class LibraryIndex:
         self.track_ids: list[str] = []
         self.tags = np.zeros((0, len(MSD_TAGS)), np.float32)
         self.features = np.zeros((0, len(FEATURES)), np.float32)
-        self.metadata = np.zeros((0, encoder.dim), np.float32)
-        self.metadata_text: list[str] = []
+        # the library's own words: each distinct genre, artist and album is embedded once (a library has far
+        # fewer of them than tracks), and each track points at its values
+        self.words: list[str] = []
+        self.word_vectors = np.zeros((0, encoder.dim), np.float32)
+        self.track_words = np.zeros((0, len(METADATA_FIELDS)), np.int64)  # index into words, -1: none
 
     def refresh(self) -> None:
         stamp = tuple(self.catalog._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE status = 'done'")[0]) + tuple(
@@ -156,6 +160,7 @@ class LibraryIndex:
                 " ORDER BY t.track_id"
             )
             ids, tags, feats, meta = [], [], [], []
+            known = {w: i for i, w in enumerate(self.words)}
             for r in rows:
                 t = json.loads(r["tags"])
                 f = json.loads(r["features"]) if r["features"] else {}
@@ -163,14 +168,23 @@ class LibraryIndex:
                 ids.append(r["track_id"])
                 tags.append([t.get(name, 0.0) for name in MSD_TAGS])
                 feats.append([float(f.get(name, np.nan)) for name in FEATURES])
-                meta.append(" / ".join(str(r[k]) for k in ("genre", "artist", "album", "title") if r[k]))
+                meta.append([known.setdefault(str(r[k]), len(known)) if r[k] else -1 for k in METADATA_FIELDS])
             self.track_ids = ids
             self.tags = _percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
             self.features = _percentiles(np.array(feats, np.float32).reshape(len(ids), len(FEATURES)))
-            if meta != self.metadata_text:
-                self.metadata = self.encoder.encode(meta) if meta else np.zeros((0, self.encoder.dim), np.float32)
-                self.metadata_text = meta
+            new = list(known)[len(self.words):]
+            if new:
+                self.word_vectors = np.concatenate([self.word_vectors, self.encoder.encode(new)])
+                self.words += new
+            self.track_words = np.array(meta, np.int64).reshape(len(ids), len(METADATA_FIELDS))
             self._stamp = stamp
+
+    def metadata_similarity(self, clause_vectors: np.ndarray) -> np.ndarray:
+        """Per track, the best similarity of any clause to its genre, artist or album (0 where it has none)."""
+        if not len(self.words) or not len(self.track_ids):
+            return np.zeros(len(self.track_ids), np.float32)
+        per_word = np.append((clause_vectors @ self.word_vectors.T).max(axis=0), 0.0)  # index -1: no value
+        return per_word[self.track_words].max(axis=1).astype(np.float32)
 
 
 def _percentiles(x: np.ndarray) -> np.ndarray:
@@ -230,14 +244,13 @@ class ZeroShotSearch:
             total += abs(m.weight)
             parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", m.weight * s))
         # the library's own words: a clause that reads like a track's genre, artist or album
-        if len(idx.metadata):
-            positive = [c.text for c in clauses if not c.negative]
-            if positive:
-                msim = (self.encoder.encode(positive) @ idx.metadata.T).max(axis=0)
-                bonus = np.where(msim >= METADATA_MIN_SIMILARITY, msim, 0.0).astype(np.float32)
-                score += bonus
-                total += 1.0 if bonus.any() else 0.0
-                parts.append(("metadata", bonus))
+        positive = [c.text for c in clauses if not c.negative]
+        if positive and len(idx.words):
+            msim = idx.metadata_similarity(self.encoder.encode(positive))
+            bonus = np.where(msim >= METADATA_MIN_SIMILARITY, msim, 0.0).astype(np.float32)
+            score += bonus
+            total += 1.0 if bonus.any() else 0.0
+            parts.append(("metadata", bonus))
         if total:
             score /= total
         order = np.argsort(-score, kind="stable")[:limit]

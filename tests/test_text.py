@@ -82,3 +82,12 @@ async def test_text_api_lists_models_and_rejects_bad_requests(open_sidecar, trai
         r = await client.post("/api/recommendations/text", json={"text": "orchestral", "negative_prompts": ["dark"], "limit": 3})
         playlist = await r.json()
         assert r.status == 200 and len(playlist["tracks"]) == 3 and playlist["tracks"][0]["models"] == ["musicnn"]
+
+
+async def test_zero_shot_uses_the_librarys_own_genre_artist_and_album_words(open_sidecar, copy_library):
+    sc = await open_sidecar(copy_library)
+    chosen = sc.store.mirrors["musicnn"].ids[:3]
+    for t in chosen:  # a genre none of the 50 tags or the descriptors know
+        sc.catalog._q("UPDATE tracks SET genre = 'Chiptune', updated_at = updated_at + 1 WHERE track_id = ?", (t,))
+    r = sc.text.recommend(TextRecommendationRequest(text="chiptune", method="tags", limit=3))
+    assert {t.track_id for t in r.tracks} == set(chosen) and "metadata" in r.tracks[0].reasons
