@@ -86,7 +86,7 @@ async def measure(data: Path, models_dir: Path, requests: int) -> tuple[dict[str
     ids = sc.store.mirrors["musicnn"].ids
     rng = np.random.default_rng(1)
     base = f"http://127.0.0.1:{sc.settings.port}"
-    artists = [f"Artist {i}" for i in range(50)]
+    artists = [r["artist"] for r in sc.catalog._q("SELECT DISTINCT artist FROM tracks LIMIT 50")]
     cases = {
         "similar_tracks": lambda: ("GET", f"/api/similar_tracks?item_id={rng.choice(ids)}&n=25", None),
         "recommendations, 1 model": lambda: ("POST", "/api/recommendations", {"seeds": [{"track_id": str(rng.choice(ids))}], "limit": 25}),
