@@ -472,8 +472,13 @@ class _Store:
 
 
 class _Sidecar:
+    """What the exploration routes use of a Sidecar, around a synthetic catalog and store."""
+
     def __init__(self, catalog, store, dim: int):
+        from sidecar.config import Settings
+
         self.catalog, self.store, self.text, self.default_model = catalog, store, None, "musicnn"
+        self.settings = Settings()
         self.embedders = SimpleNamespace(ready={"musicnn": SimpleNamespace(dim=dim)})
 
 

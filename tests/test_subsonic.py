@@ -647,7 +647,7 @@ async def test_end_to_end_ids_recommendations_playlists_and_webhooks(start_sidec
     assert code == 204 and made["playlist_id"] not in {p["id"] for p in supysonic.call("getPlaylists").get("playlists", {}).get("playlist", [])}
 
     # a scrobble with the server's song id lands in the listening history
-    code, body = await http(sc, "POST", "/webhooks/scrobble", {"user": "ann", "song_id": songs[2].id})
+    code, body = await http(sc, "POST", "/webhooks/scrobble", {"user": "ann", "song_id": songs[2].id}, headers={"X-Webhook-Secret": secret})
     assert code == 202 and body["track_id"] == sc.catalog.resolve_ids([songs[2].id])[songs[2].id]
 
     # the webhook: bad secret 401, malformed body 400, a finished scan 202 and a reconcile that ingests the new file
