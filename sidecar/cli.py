@@ -38,8 +38,14 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging
 
 
 def _settings(**overrides):
+    import os
+
     from sidecar.config import Settings
 
+    unknown = Settings.unknown_env(os.environ)
+    if unknown:
+        console.print(f"[red]error:[/] unknown setting {', '.join(unknown)}; `sidecar config show` lists them all")
+        raise typer.Exit(2)
     given = {k: v for k, v in overrides.items() if v not in (None, [])}
     try:
         return Settings(**given)
@@ -407,6 +413,25 @@ async def _train_text(s, model: str, epochs: int, folds: int, seed: int):
         return result
     finally:
         await sc.close()
+
+
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
+    """Print the effective settings (environment variables and defaults), secrets masked."""
+    shown = _settings().shown()
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    t = Table(title="effective settings", show_header=True)
+    t.add_column("setting (environment variable)")
+    t.add_column("value")
+    for k, v in shown.items():
+        t.add_row(f"SIDECAR_{k.upper()}", json.dumps(v) if not isinstance(v, str) else v)
+    Console().print(t)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -87,6 +87,30 @@ class Settings(BaseSettings):
     def _abs(cls, v: Path) -> Path:
         return v.expanduser().resolve()
 
+    @classmethod
+    def unknown_env(cls, environ) -> list[str]:
+        """SIDECAR_* variables that name no setting (a typo would otherwise be ignored), each with a
+        suggestion where one is close."""
+        import difflib
+
+        prefix = cls.model_config["env_prefix"]
+        fields = {name.upper() for name in cls.model_fields}
+        out = []
+        for key in environ:
+            if not key.upper().startswith(prefix):
+                continue
+            name = key[len(prefix):].upper().split("__", 1)[0]
+            if name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1)
+                out.append(f"{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+        return sorted(out)
+
+    def shown(self) -> dict:
+        """The effective settings, secrets masked: for `sidecar config show`."""
+        secret = {n for n, f in type(self).model_fields.items() if f.repr is False}
+        data = self.model_dump(mode="json")
+        return {k: ("***" if k in secret and v else v) for k, v in data.items()}
+
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
