@@ -96,16 +96,6 @@ def _vectors(sc: "Sidecar", model: str, ids: list[str], field: str) -> dict[str,
     return {t: _unit(v) for t, v in vecs.items()}
 
 
-def _mirror_read(store: "VectorStore", model: str, queries: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
-    """A consistent read of one model's mirror: its ids and the cosine similarity of every track to each
-    query, shape (tracks, queries)."""
-    with store._lock:
-        m = store.mirrors[model]
-        ids = list(m.ids)
-        sims = np.stack([m.similarities(q) for q in queries], axis=1) if queries else np.zeros((len(ids), 0), np.float32)
-    return ids, sims
-
-
 MEDIA_SERVER = "subsonic"  # the catalog's namespace for the media server's song ids (see sidecar/mediaserver.py)
 
 
@@ -255,7 +245,7 @@ def song_path(
         if tid not in ends:  # deleted since the request was checked
             raise ApiError(409, f"track {tid!r} has no {model} vector any more", fld)
     s, e = _unit(ends[start]), _unit(ends[end])
-    ids, sims = _mirror_read(store, model, [s, e])
+    ids, sims = store.similarities(model, np.stack([s, e]))
     s0, s1 = sims[:, 0], sims[:, 1]
     n, interior = len(ids), steps - 2
     t = np.linspace(0.0, 1.0, steps)[1:-1]
@@ -410,7 +400,7 @@ def alchemy(
         if np.linalg.norm(moved) > 1e-6:
             target = _unit(moved)
     sub_labels = list(subs)
-    ids, sims = _mirror_read(store, model, [target] + [subs[k] for k in sub_labels])
+    ids, sims = store.similarities(model, np.stack([target] + [subs[k] for k in sub_labels]))
     sim_t = sims[:, 0]
     usable = np.array([tid not in exclude for tid in ids], bool)
     if sub_labels:
@@ -561,7 +551,7 @@ def sonic_fingerprint(sc: "Sidecar", model: str, q: FingerprintQuery) -> Fingerp
     seed_ids = list(seeds)
     weights = np.array([seeds[t]["weight"] for t in seed_ids], np.float32)
     fp = _unit(weights @ _unit(np.stack([vecs[t] for t in seed_ids])))
-    ids, sims = _mirror_read(sc.store, model, [fp])
+    ids, sims = sc.store.similarities(model, np.stack([fp]))
     sim = sims[:, 0]
     skip = set(catalog.low_rated(q.user)) | (set() if q.include_known else set(seeds))
     for i, tid in enumerate(ids):
