@@ -431,6 +431,30 @@ class Catalog:
         rows = self._q("SELECT track_ids FROM playlists WHERE playlist_id = ?", (playlist_id,))
         return json.loads(rows[0]["track_ids"]) if rows else None
 
+    # ---- the analysed library, for text search, instant playlists and the text projection
+    def analysed_tracks(self, with_model: str | None = None) -> list[dict]:
+        """Every track MusiCNN has analysed, by track id: its metadata and content hash, `tags` (MusiCNN's
+        probabilities) and `features` (the DSP analysis, {} where there is none), parsed. With `with_model`,
+        only the tracks that also have that model's result."""
+        rows = self._q(
+            "SELECT t.track_id, t.content_hash, t.title, t.artist, t.album, t.genre, t.year, m.tags, d.features"
+            " FROM tracks t JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
+            " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
+            " WHERE ? IS NULL OR EXISTS (SELECT 1 FROM embeddings e WHERE e.track_id = t.track_id AND e.model = ?"
+            " AND e.status = 'done') ORDER BY t.track_id",
+            (with_model, with_model),
+        )
+        return [
+            dict(r, tags=json.loads(r["tags"]) if r["tags"] else {}, features=json.loads(r["features"]) if r["features"] else {})
+            for r in rows
+        ]
+
+    def analysis_stamp(self) -> tuple:
+        """Changes whenever a track or an analysis does: a cheap check before rebuilding an index."""
+        return tuple(self._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE status = 'done'")[0]) + tuple(
+            self._q("SELECT COUNT(*), MAX(updated_at) FROM tracks")[0]
+        )
+
     # ---- reads for the API
     def track(self, track_id: str) -> dict | None:
         rows = self._q("SELECT * FROM tracks WHERE track_id = ?", (track_id,))

@@ -55,7 +55,7 @@ from schemas.instant import (
     RANGE_FEATURES, FeatureRange, InstantPlaylist, InstantQuery, InstantRequest, InstantTrack,
 )
 from sidecar.api import ApiError, json_response, parse_body, sidecar_of
-from sidecar.textsearch import DESCRIPTORS, FEATURES, MSD_TAGS, TAG_CONCEPTS, VOCAL_TAGS, _concept_score, _percentiles
+from sidecar.textsearch import DESCRIPTORS, FEATURES, MSD_TAGS, TAG_CONCEPTS, VOCAL_TAGS, _concept_score, percentiles
 
 if TYPE_CHECKING:
     from sidecar.catalog import Catalog
@@ -354,16 +354,10 @@ def _year(v) -> int | None:
 
 
 def build_index(catalog: "Catalog", stamp: tuple = ()) -> InstantIndex:
-    rows = catalog._q(
-        "SELECT t.track_id, t.title, t.artist, t.album, t.genre, t.year, m.tags, d.features FROM tracks t"
-        " JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
-        " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
-        " ORDER BY t.track_id"
-    )
+    rows = catalog.analysed_tracks()
     ids, meta, tags, feats = [], [], [], []
     for r in rows:
-        t = json.loads(r["tags"]) if r["tags"] else {}
-        f = json.loads(r["features"]) if r["features"] else {}
+        t, f = r["tags"], r["features"]
         ids.append(r["track_id"])
         meta.append({
             "title": r["title"], "artist": r["artist"], "album": r["album"], "genre": r["genre"], "year": _year(r["year"]),
@@ -374,12 +368,12 @@ def build_index(catalog: "Catalog", stamp: tuple = ()) -> InstantIndex:
         feats.append([float(f[k]) if isinstance(f.get(k), (int, float)) else np.nan for k in dict.fromkeys(RANGE_FEATURES + FEATURES)])
     names = list(dict.fromkeys(RANGE_FEATURES + FEATURES))
     fm = np.array(feats, np.float32).reshape(len(ids), len(names))
-    fp = _percentiles(fm) if len(ids) else fm
+    fp = percentiles(fm) if len(ids) else fm
     return InstantIndex(
         stamp=stamp, track_ids=ids, meta=meta,
         raw={k: fm[:, names.index(k)] for k in RANGE_FEATURES},
         pct={k: fp[:, names.index(k)] for k in RANGE_FEATURES},
-        tags=_percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS))),
+        tags=percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS))),
         features=fp[:, [names.index(k) for k in FEATURES]],
     )
 
@@ -387,9 +381,7 @@ def build_index(catalog: "Catalog", stamp: tuple = ()) -> InstantIndex:
 def index_of(sc: "Sidecar") -> InstantIndex:
     """The sidecar's index, rebuilt when tracks or analyses changed (blocking: call it in a thread)."""
     cat = sc.catalog
-    stamp = tuple(cat._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE status = 'done'")[0]) + tuple(
-        cat._q("SELECT COUNT(*), MAX(updated_at) FROM tracks")[0]
-    )
+    stamp = cat.analysis_stamp()
     with _INDEX_LOCK:
         idx = _INDEXES.get(sc)
         if idx is None or idx.stamp != stamp:

@@ -7,7 +7,6 @@ direction (symmetric InfoNCE). One checkpoint per audio model, in data_dir/text_
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import nn
 from sidecar.catalog import Catalog
 from sidecar.plugin_api import TextEncoder
 from sidecar.store import VectorStore
-from sidecar.textsearch import FEATURES, _percentiles, describe_track
+from sidecar.textsearch import FEATURES, percentiles, describe_track
 
 FORMAT = 1
 AUGMENTED_TEXTS = 8  # random word subsets per track, encoded once
@@ -44,24 +43,18 @@ class LibraryText:
 
 def library_text(catalog: Catalog, store: VectorStore, model: str) -> LibraryText:
     """Every track that has both a MusiCNN analysis and a vector of `model`, with its words."""
-    rows = catalog._q(
-        "SELECT t.track_id, t.genre, t.artist, t.album, t.year, m.tags, d.features FROM tracks t"
-        " JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
-        " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
-        " JOIN embeddings e ON e.track_id = t.track_id AND e.model = ? AND e.status = 'done'"
-        " ORDER BY t.content_hash",  # the same music gives the same folds, whatever its random track ids
-        (model,),
-    )
+    # by content hash: the same music gives the same folds, whatever its random track ids
+    rows = sorted(catalog.analysed_tracks(with_model=model), key=lambda r: r["content_hash"])
     feats = []
     for r in rows:
-        f = json.loads(r["features"]) if r["features"] else {}
+        f = dict(r["features"])
         f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
         feats.append([float(f.get(k, np.nan)) for k in FEATURES])
-    pct = _percentiles(np.array(feats, np.float32).reshape(len(rows), len(FEATURES)))
+    pct = percentiles(np.array(feats, np.float32).reshape(len(rows), len(FEATURES)))
     ids, words = [], []
     for r, p in zip(rows, pct):
         ids.append(r["track_id"])
-        words.append(describe_track(json.loads(r["tags"]), dict(zip(FEATURES, p.tolist())), dict(r)))
+        words.append(describe_track(r["tags"], dict(zip(FEATURES, p.tolist())), r))
     vectors = {}
     for i in range(0, len(ids), 1000):
         vectors.update(store.get_vectors(model, ids[i : i + 1000]))

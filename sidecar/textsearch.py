@@ -9,7 +9,6 @@ every track has (electronic, ambient) does not dominate, and the score says whic
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -147,31 +146,23 @@ class LibraryIndex:
         self.track_words = np.zeros((0, len(METADATA_FIELDS)), np.int64)  # index into words, -1: none
 
     def refresh(self) -> None:
-        stamp = tuple(self.catalog._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE status = 'done'")[0]) + tuple(
-            self.catalog._q("SELECT COUNT(*), MAX(updated_at) FROM tracks")[0]
-        )
+        stamp = self.catalog.analysis_stamp()
         with self._lock:
             if stamp == self._stamp:
                 return
-            rows = self.catalog._q(
-                "SELECT t.track_id, t.title, t.artist, t.album, t.genre, t.year, m.tags, d.features FROM tracks t"
-                " JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
-                " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
-                " ORDER BY t.track_id"
-            )
+            rows = self.catalog.analysed_tracks()
             ids, tags, feats, meta = [], [], [], []
             known = {w: i for i, w in enumerate(self.words)}
             for r in rows:
-                t = json.loads(r["tags"])
-                f = json.loads(r["features"]) if r["features"] else {}
+                t, f = r["tags"], dict(r["features"])
                 f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
                 ids.append(r["track_id"])
                 tags.append([t.get(name, 0.0) for name in MSD_TAGS])
                 feats.append([float(f.get(name, np.nan)) for name in FEATURES])
                 meta.append([known.setdefault(str(r[k]), len(known)) if r[k] else -1 for k in METADATA_FIELDS])
             self.track_ids = ids
-            self.tags = _percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
-            self.features = _percentiles(np.array(feats, np.float32).reshape(len(ids), len(FEATURES)))
+            self.tags = percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
+            self.features = percentiles(np.array(feats, np.float32).reshape(len(ids), len(FEATURES)))
             new = list(known)[len(self.words):]
             if new:
                 self.word_vectors = np.concatenate([self.word_vectors, self.encoder.encode(new)])
@@ -187,7 +178,7 @@ class LibraryIndex:
         return per_word[self.track_words].max(axis=1).astype(np.float32)
 
 
-def _percentiles(x: np.ndarray) -> np.ndarray:
+def percentiles(x: np.ndarray) -> np.ndarray:
     """Each column as percentile ranks in [0, 1]; missing values (NaN) sit at 0.5 (no evidence either way)."""
     out = np.full(x.shape, 0.5, np.float32)
     n = x.shape[0]
