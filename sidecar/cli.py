@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -15,6 +16,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+
+from sidecar.config import CONFIG_FILE_ENV
 
 app = typer.Typer(
     help="Music recommendation sidecar for Navidrome and other Subsonic servers: watches your music, embeds each "
@@ -37,10 +40,19 @@ EmbeddersOpt = Annotated[Optional[str], typer.Option(help="comma-separated embed
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 
 
-def _settings(**overrides):
-    import os
+@app.callback()
+def _global(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help=f"TOML settings file (env {CONFIG_FILE_ENV}; default ./sidecar.toml when present). "
+        "Keys are the setting names in lower case, e.g. music_dir = [\"/music\"]; environment variables and flags override it.",
+    )] = None,
+):
+    if config is not None:
+        os.environ[CONFIG_FILE_ENV] = str(config)
 
-    from sidecar.config import Settings
+
+def _settings(**overrides):
+    from sidecar.config import Settings, SettingsFileError, closest_setting, config_file
 
     unknown = Settings.unknown_env(os.environ)
     if unknown:
@@ -49,10 +61,18 @@ def _settings(**overrides):
     given = {k: v for k, v in overrides.items() if v not in (None, [])}
     try:
         return Settings(**given)
+    except SettingsFileError as e:
+        _fail(str(e), 2)
     except ValidationError as e:
+        source = config_file()
         for err in e.errors():
             where = ".".join(str(x) for x in err["loc"])
-            console.print(f"[red]error:[/] setting [bold]{where}[/]: {err['msg']} (got {err.get('input')!r})")
+            if err["type"] == "extra_forbidden":
+                close = closest_setting(str(err["loc"][0]))
+                hint = f" (did you mean {close}?)" if close else ""
+                console.print(f"[red]error:[/] unknown setting [bold]{where}[/] in {source or 'the arguments'}{hint}")
+            else:
+                console.print(f"[red]error:[/] setting [bold]{where}[/]: {err['msg']} (got {err.get('input')!r})")
         raise typer.Exit(2)
 
 
@@ -347,11 +367,57 @@ def status(data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = No
         t.add_row("bus", f"{data['bus']} (lag {data['bus_lag']}, dead letters {data['dead_letters']})")
         ing = data["ingest"]
         t.add_row("ingest", f"{'idle' if ing['idle'] else 'working'}: {ing['embedded']} analysed, {ing['skipped']} unchanged, {ing['failed']} failed")
+        if ing.get("current"):
+            t.add_row("analysing", str(ing["current"]))
+        t.add_row("last event", _ago(ing.get("last_event_at")))
         for name, why in data["embedders_unavailable"].items():
             t.add_row(f"[red]{name} unavailable[/]", why)
     Console().print(t)
     for f in data.get("failures", []):
         Console().print(f"[red]failed[/] {f['path']}{' (' + f['model'] + ')' if f['model'] else ''}: {f['reason']}")
+
+
+@app.command()
+def doctor(
+    music_dir: MusicDirOpt = None, data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = None,
+    bus: BusOpt = None, embedders: EmbeddersOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+):
+    """Check the configuration, music folders, data folder, port, vector store, event bus, media server and
+    model weights, and say what to fix. Exits 1 if any check fails. Changes nothing."""
+    from sidecar.doctor import FAIL, OK, SKIP, WARN, as_dicts, diagnose
+
+    s = _settings(music_dir=music_dir, data_dir=data_dir, host=host, port=port, bus=bus, embedders=embedders)
+    with console.status("checking…"):
+        checks = asyncio.run(diagnose(s))
+    if as_json:
+        print(json.dumps(as_dicts(checks), indent=2))
+    else:
+        mark = {OK: "[green]ok[/]", WARN: "[yellow]warn[/]", FAIL: "[red]FAIL[/]", SKIP: "[dim]skip[/]"}
+        t = Table(title="sidecar doctor", show_lines=False)
+        for col in ("check", "", "detail", "to fix"):
+            t.add_column(col, overflow="fold")
+        for c in checks:
+            t.add_row(c.name, mark[c.status], c.detail, c.fix if c.status != OK else "")
+        Console().print(t)
+    failed = [c.name for c in checks if c.status == FAIL]
+    if failed:
+        console.print(f"[red]{len(failed)} check(s) failed:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+def _ago(ts) -> str:
+    """'2026-11-21 10:04:05 (12 s ago)' from epoch seconds or an ISO time; 'none yet' for nothing."""
+    from datetime import datetime, timezone
+
+    if ts in (None, ""):
+        return "none yet"
+    when = datetime.fromisoformat(ts) if isinstance(ts, str) else datetime.fromtimestamp(ts, timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    secs = max(0, (datetime.now(timezone.utc) - when).total_seconds())
+    ago = f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.0f} min" if secs < 7200 else f"{secs / 3600:.1f} h"
+    return f"{when.astimezone():%Y-%m-%d %H:%M:%S} ({ago} ago)"
 
 
 @app.command("train-text")

@@ -1,12 +1,58 @@
-"""Every setting in one place: environment variables (prefix SIDECAR_), then CLI flags over them."""
+"""Every setting in one place. Highest first: CLI flags, environment variables (prefix SIDECAR_), the TOML
+settings file (SIDECAR_CONFIG, or ./sidecar.toml when there is one), defaults."""
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
+
+CONFIG_FILE_ENV = "SIDECAR_CONFIG"
+DEFAULT_CONFIG_FILE = Path("sidecar.toml")
+_PATH_SETTINGS = ("music_dir", "data_dir")
+
+
+class SettingsFileError(ValueError):
+    """The settings file is missing or is not valid TOML."""
+
+
+def config_file() -> Path | None:
+    """The TOML settings file in effect: SIDECAR_CONFIG if set (it must exist), else ./sidecar.toml if present."""
+    given = os.environ.get(CONFIG_FILE_ENV)
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise SettingsFileError(f"settings file {path} ({CONFIG_FILE_ENV}) does not exist or is not a file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's settings, with relative paths taken from the file's folder (as a reader of the file expects)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise SettingsFileError(f"settings file {path} cannot be read: {e}") from None
+    base = path.resolve().parent
+    for key in _PATH_SETTINGS:
+        value = data.get(key)
+        if isinstance(value, str):
+            value = value.split(os.pathsep) if key == "music_dir" else value
+        if isinstance(value, list):
+            data[key] = [str(base / Path(v).expanduser()) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str):
+            data[key] = str(base / Path(value).expanduser())
+    return data
+
+
+def closest_setting(name: str) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(Settings.model_fields), n=1)
+    return close[0] if close else None
 
 
 class Settings(BaseSettings):
@@ -88,21 +134,25 @@ class Settings(BaseSettings):
         return v.expanduser().resolve()
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        path = config_file()
+        if path is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, InitSettingsSource(settings_cls, read_config_file(path))
+
+    @classmethod
     def unknown_env(cls, environ) -> list[str]:
         """SIDECAR_* variables that name no setting (a typo would otherwise be ignored), each with a
         suggestion where one is close."""
-        import difflib
-
         prefix = cls.model_config["env_prefix"]
-        fields = {name.upper() for name in cls.model_fields}
         out = []
         for key in environ:
-            if not key.upper().startswith(prefix):
+            if not key.upper().startswith(prefix) or key.upper() == CONFIG_FILE_ENV:
                 continue
-            name = key[len(prefix):].upper().split("__", 1)[0]
-            if name not in fields:
-                close = difflib.get_close_matches(name, fields, n=1)
-                out.append(f"{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+            name = key[len(prefix):].lower().split("__", 1)[0]
+            if name not in cls.model_fields:
+                close = closest_setting(name)
+                out.append(f"{key}" + (f" (did you mean {prefix}{close.upper()}?)" if close else ""))
         return sorted(out)
 
     def shown(self) -> dict:

@@ -11,6 +11,9 @@ mirror of each collection, loaded at start and kept in step by every write: an e
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -104,6 +107,59 @@ def _quoted(ids) -> str:
     return ", ".join('"' + str(i).replace('"', "") + '"' for i in ids)
 
 
+class LiteServer:
+    """A Milvus Lite file served on a Unix socket that only this user can reach.
+
+    Given a `*.db` URI, pymilvus starts Lite's gRPC server on a random loopback TCP port with no
+    authentication, where any local user could read or delete the vectors. Here the same server listens
+    only on a socket inside a 0700 folder, and pymilvus connects to it as `unix:<path>`.
+    """
+
+    def __init__(self, path: Path):
+        from milvus_lite.adapter.grpc.server import _build_server
+        from milvus_lite.db import MilvusLite
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Lite's in-process gRPC server logs an error for AllocTimestamp, which pymilvus 3 calls and Lite
+        # does not implement; the client falls back by itself, so the traceback is noise.
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        logging.getLogger("pymilvus").setLevel(logging.ERROR)  # "failed to get mvccTs": the same fallback
+        self.server, self.folder = None, None
+        self.db = MilvusLite(str(path))  # takes the file's lock first: a second process stops here
+        try:
+            self.folder = _private_folder(path.parent / ".milvus-lite")
+            socket = self.folder / "grpc.sock"
+            self.server = _build_server(self.db, 8)  # what Lite's own start-up builds, bound elsewhere
+            if not self.server.add_insecure_port(f"unix:{socket}"):
+                raise StoreError(f"cannot listen on the Unix socket {socket} for {path}")
+            self.server.start()
+        except BaseException:
+            self.close()
+            raise
+        self.uri = f"unix:{socket}"
+
+    def close(self) -> None:
+        for stop in (lambda: self.server and self.server.stop(grace=2), self.db.close):
+            try:
+                stop()
+            except Exception:  # best effort: process exit releases the lock too
+                log.debug("closing Milvus Lite", exc_info=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _private_folder(wanted: Path) -> Path:
+    """A fresh 0700 folder for the socket: `wanted` when its socket path fits the OS limit (108 bytes on
+    Linux), else a private temporary folder."""
+    if len(str(wanted / "grpc.sock")) < 100:
+        shutil.rmtree(wanted, ignore_errors=True)  # left by a killed process (this one holds the lock now)
+        wanted.mkdir(mode=0o700)
+        os.chmod(wanted, 0o700)  # mkdir's mode is masked by the umask
+        return wanted
+    return Path(tempfile.mkdtemp(prefix="sidecar-milvus-"))
+
+
 class VectorStore:
     def __init__(self, uri: str, token: str = ""):
         self.uri = uri
@@ -111,18 +167,16 @@ class VectorStore:
         self._lock = threading.Lock()  # Milvus Lite gains nothing from concurrent calls; keep them simple
         self._dims: dict[str, int] = {}
         self.mirrors: dict[str, Mirror] = {}  # model -> exact copy of its track vectors
+        self.lite: LiteServer | None = None
         from pymilvus import MilvusClient  # slow import: keep it off module import
 
-        if self.is_lite:
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            # Lite's in-process gRPC server logs an error for AllocTimestamp, which pymilvus 3 calls and Lite
-            # does not implement; the client falls back by itself, so the traceback is noise.
-            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-            logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-            logging.getLogger("pymilvus").setLevel(logging.ERROR)  # "failed to get mvccTs": the same fallback
         try:
-            self.client = MilvusClient(uri=uri, token=token)
+            if self.is_lite:
+                self.lite = LiteServer(Path(uri))
+            self.client = MilvusClient(uri=self.lite.uri if self.lite else uri, token=token)
         except Exception as e:
+            if self.lite is not None:
+                self.lite.close()
             if "DataDirLocked" in type(e).__name__ or "lock" in str(e).lower():
                 raise StoreError(
                     f"the vector store {uri} is open in another process (a running `sidecar serve`?). "
@@ -133,13 +187,8 @@ class VectorStore:
     def close(self) -> None:
         with self._lock:
             self.client.close()
-            if self.is_lite:  # close() keeps the data-dir lock; release it so the file can be reopened
-                try:
-                    from milvus_lite.server_manager import server_manager_instance
-
-                    server_manager_instance.release_server(self.uri)
-                except Exception:  # best effort: process exit releases it too
-                    log.debug("could not release the Milvus Lite lock", exc_info=True)
+            if self.lite is not None:
+                self.lite.close()
 
     def ensure_collection(self, model: str, dim: int, *, segments: bool = False) -> None:
         """Create the model's collection if missing, load it, and check its dimension. With `segments`, also

@@ -2,6 +2,9 @@
 webhooks need their secret; reads can be limited to local callers. Secrets are never echoed."""
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import MagicMock
 
@@ -71,3 +74,39 @@ async def test_tokens_and_secrets_over_http(open_sidecar, copy_library, caplog):
         assert r.status == 202
     assert TOKEN not in caplog.text and SECRET not in caplog.text
     assert TOKEN not in repr(sc.settings) and SECRET not in repr(sc.settings)
+
+
+def _listening_tcp_ports(pid: int) -> set[int]:
+    """TCP ports a process listens on, from /proc (no ss or lsof needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_the_vectors_are_reachable_only_through_a_private_unix_socket(copy_library, analysed_library, models_dir, tmp_path):
+    """Milvus Lite, left to itself, listens on an unauthenticated loopback TCP port; the sidecar binds it to a
+    Unix socket in a 0700 folder instead, so only its own user reaches the vectors."""
+    from tests.sidecar_process import SidecarProcess
+
+    proc = SidecarProcess(analysed_library["music"], copy_library, models_dir, tmp_path / "serve.log").start()
+    try:
+        assert _listening_tcp_ports(proc.proc.pid) == {proc.port}, proc.log()
+        folder = copy_library / ".milvus-lite"
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and (folder / "grpc.sock").is_socket()
+        some = proc.get("/api/tracks", limit=1)["tracks"][0]["track_id"]
+        assert len(proc.get("/api/similar_tracks", item_id=some, n=5)) == 5  # served, with the vectors behind the socket
+    finally:
+        proc.stop()
+    assert not (copy_library / ".milvus-lite").exists()  # removed on a clean stop
