@@ -20,7 +20,14 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/sidecar serve
 
-test: $(STAMP)
+# the browser tests drive Debian's chromium (Playwright never downloads a browser here); only `make test` needs it
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -ra
 
 clean:

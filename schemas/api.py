@@ -159,3 +159,34 @@ class TextPlaylist(BaseModel):
     method: str
     matched: list[ConceptMatch] = Field(default_factory=list)
     tracks: list[PlaylistTrack]
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"] = Field(default="accepted", description="the work runs in the background")
+
+
+class FailuresQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class Failure(BaseModel):
+    path: str
+    track_id: str | None = Field(default=None, description="null when the file could not be decoded at all")
+    model: str | None = Field(default=None, description="the model that failed on the track; null for a decode failure")
+    reason: str | None = None
+    failed_at: float = Field(description="Unix time")
+
+
+class FailureList(BaseModel):
+    failures: list[Failure]
+
+
+class RetryResult(BaseModel):
+    retrying: int = Field(description="files announced again")
+    paths: list[str]
+
+
+class ScrobbleResult(BaseModel):
+    status: Literal["recorded"] = "recorded"
+    track_id: str = Field(description="our id of the track played")

@@ -136,3 +136,8 @@ class MediaServerStatus(BaseModel):
     last_scan_event_at: datetime | None = None
     scan_watch: str | None = Field(default=None, description="how server scans are noticed: getScanStatus, getIndexes or off")
     events: str = Field(default="off", description="Navidrome event stream: off, connecting or connected")
+
+
+class PlaylistsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = Field(default=None, max_length=200, description="only this user's playlists")

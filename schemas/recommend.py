@@ -1,7 +1,7 @@
 """POST /api/recommendations: seeds (tracks, raw vectors, text), modes, multi-model merging; and scrobbles."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -115,6 +115,20 @@ class Scrobble(BaseModel):
     track_id: str | None = Field(default=None, max_length=64)
     time: datetime | None = Field(default=None, description="when it was played; default now")
     submission: bool = Field(default=True, description="false for now-playing")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _unix_time(cls, v):
+        """Scrobblers send Unix seconds (or milliseconds) as often as ISO times. (Parsed here: request bodies
+        are validated strictly, where a before-validator's input no longer counts as JSON text.)"""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                return datetime.fromtimestamp(v / 1000 if v > 1e11 else v, timezone.utc)
+            except (OverflowError, OSError):
+                raise ValueError(f"{v} is not a Unix time") from None
+        if isinstance(v, str):
+            return datetime.fromisoformat(v)  # ValueError names the field in the 400
+        return v
 
     @model_validator(mode="after")
     def _some_id(self) -> "Scrobble":

@@ -18,7 +18,8 @@ import re
 from aiohttp import web
 
 ADMIN_PATHS = re.compile(r"^/api/(batch/(start|cancel)|failures/retry|playlists|clustering|mediaserver/sync)\b")
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/"}  # the web page holds no data: it asks for the token when the API wants one
+OPEN_PREFIXES = ("/static/",)
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
@@ -65,18 +66,27 @@ def check_admin(request: web.Request) -> None:
         raise ApiError(401, "missing or wrong API token (send Authorization: Bearer <SIDECAR_API_TOKEN>)", "Authorization")
 
 
+def guard(method: str, path: str) -> str:
+    """Which check a request faces: open, webhook, admin or read (also what /openapi.json says of each route)."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return "open"
+    if path.startswith("/webhooks/"):
+        return "webhook"
+    if method not in SAFE_METHODS and ADMIN_PATHS.match(path):
+        return "admin"
+    return "read"
+
+
 @web.middleware
 async def access_control(request: web.Request, handler):
     from sidecar.api import ApiError, sidecar_of
 
-    path = request.path
-    if path in OPEN_PATHS:
-        pass
-    elif path.startswith("/webhooks/"):
+    check = guard(request.method, request.path)
+    if check == "webhook":
         check_webhook_secret(request)
-    elif request.method not in SAFE_METHODS and ADMIN_PATHS.match(path):
+    elif check == "admin":
         check_admin(request)
-    elif sidecar_of(request).settings.read_access == "localhost" and not is_loopback(request):
+    elif check == "read" and sidecar_of(request).settings.read_access == "localhost" and not is_loopback(request):
         if not _matches(_presented(request, "X-Api-Token"), sidecar_of(request).settings.api_token):
             raise ApiError(403, "this sidecar answers only local callers (SIDECAR_READ_ACCESS=localhost), or with its API token")
     return await handler(request)

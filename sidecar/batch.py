@@ -13,12 +13,14 @@ from aiohttp import web
 
 from schemas.batch import BatchProgress, BatchStart
 from sidecar.api import ApiError, json_response, parse_body, sidecar_of
+from sidecar.openapi import documented
 
 routes = web.RouteTableDef()
 SSE_INTERVAL_S = 1.0
 
 
 @routes.post("/api/batch/start")
+@documented("Start a re-embed of the library", body=BatchStart, response=BatchProgress, status=202, errors=(409,))
 async def start(request: web.Request) -> web.Response:
     from sidecar.service import ReplayBusy
 
@@ -47,6 +49,9 @@ def _latest(request: web.Request):
 
 
 @routes.get("/api/batch/progress")
+@documented(
+    "The running or last re-embed's progress", response={"application/json": BatchProgress, "text/event-stream": str}, errors=(404,)
+)
 async def progress(request: web.Request) -> web.StreamResponse:
     """The running (or last) re-embed. With `Accept: text/event-stream`, one event a second until it ends."""
     run = _latest(request)
@@ -64,6 +69,7 @@ async def progress(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/api/batch/cancel")
+@documented("Cancel the running re-embed", response=BatchProgress, errors=(409,))
 async def cancel(request: web.Request) -> web.Response:
     run = await sidecar_of(request).worker.cancel_replay()
     if run is None:

@@ -99,6 +99,7 @@ from schemas.clustering import (
     ClusteringConflict, ClusteringJob, ClusteringJobList, ClusteringStart, ClusterPlaylist, ClusterTrack, Progress, TagScore,
 )
 from sidecar.api import ApiError, json_response, parse_body, sidecar_of
+from sidecar.openapi import documented
 from sidecar.textsearch import MSD_TAGS
 
 if TYPE_CHECKING:
@@ -726,6 +727,10 @@ def _job(request: web.Request) -> Job:
 
 
 @routes.post("/api/clustering/start")
+@documented(
+    "Start clustering the library into playlists (a background job)", body=ClusteringStart, response=ClusteringJob, status=202,
+    responses={409: ClusteringConflict},
+)
 async def start_clustering(request: web.Request) -> web.Response:
     req = await parse_body(request, ClusteringStart)
     sc = sidecar_of(request)
@@ -772,17 +777,21 @@ async def start_clustering(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/clustering")
+@documented("Clustering jobs, newest first (without their playlists)", response=ClusteringJobList)
 async def list_clustering(request: web.Request) -> web.Response:
     jobs = jobs_of(sidecar_of(request)).jobs.values()
     return json_response(ClusteringJobList(jobs=[j.snapshot().model_copy(update={"playlists": None}) for j in reversed(jobs)]))
 
 
-@routes.get("/api/clustering/{job_id}")
+# not `start`: that path takes only POST, so GET there is a 405 (OpenAPI matches concrete paths before templates)
+@routes.get("/api/clustering/{job_id:(?!start$)[^/]+}")
+@documented("One clustering job, with its playlists when done", response=ClusteringJob, errors=(404,))
 async def get_clustering(request: web.Request) -> web.Response:
     return json_response(_job(request).snapshot())
 
 
 @routes.post("/api/clustering/{job_id}/cancel")
+@documented("Cancel a running clustering job", response=ClusteringJob, errors=(404, 409))
 async def cancel_clustering(request: web.Request) -> web.Response:
     job = _job(request)
     if job.status != "running":

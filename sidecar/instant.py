@@ -55,6 +55,7 @@ from schemas.instant import (
     RANGE_FEATURES, FeatureRange, InstantPlaylist, InstantQuery, InstantRequest, InstantTrack,
 )
 from sidecar.api import ApiError, json_response, parse_body, sidecar_of
+from sidecar.openapi import documented
 from sidecar.textsearch import DESCRIPTORS, FEATURES, MSD_TAGS, TAG_CONCEPTS, VOCAL_TAGS, _concept_score, percentiles
 
 if TYPE_CHECKING:
@@ -674,6 +675,7 @@ async def ask_llm(cfg: LlmConfig, text: str) -> InstantQuery:
 
 # ------------------------------------------------------------------------------------------ the route
 @routes.post("/api/instant_playlist")
+@documented("A playlist from a sentence (rules, or an LLM when configured)", body=InstantRequest, response=InstantPlaylist)
 async def instant_playlist(request: web.Request) -> web.Response:
     req = await parse_body(request, InstantRequest)
     sc = sidecar_of(request)

@@ -37,10 +37,12 @@ from aiohttp import web
 
 from plugins.mediaserver import AuthError, MediaServerError, NotFound, Playlist, Song, Unreachable, load_adapter_class, redact
 from schemas.events import ScanCompleted
+from schemas.api import Accepted
 from schemas.mediaserver import (
-    MediaServerStatus, NavidromeWebhook, PlaylistInfo, PlaylistList, PlaylistRequest, PlaylistResult, WebhookResult,
+    MediaServerStatus, NavidromeWebhook, PlaylistInfo, PlaylistList, PlaylistRequest, PlaylistResult, PlaylistsQuery, WebhookResult,
 )
-from sidecar.api import ApiError, json_response, parse_body, sidecar_of
+from sidecar.api import ApiError, json_response, parse_body, parse_query, sidecar_of
+from sidecar.openapi import documented
 
 if TYPE_CHECKING:
     from sidecar.catalog import Catalog
@@ -937,6 +939,7 @@ def _server_error(e: MediaServerError) -> ApiError:
 
 
 @routes.post("/webhooks/navidrome")
+@documented("A library event from Navidrome (scan finished...)", body=NavidromeWebhook, response=WebhookResult, responses={202: WebhookResult}, tag="webhooks")
 async def navidrome_webhook(request: web.Request) -> web.Response:
     """A scan finished (or another library event) on the server: reconcile the music folders.
     (The shared secret is checked for every webhook by sidecar.access.)"""
@@ -959,6 +962,7 @@ async def navidrome_webhook(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/mediaserver")
+@documented("The media server connection: matched songs, last sync, errors", response=MediaServerStatus)
 async def media_status(request: web.Request) -> web.Response:
     media = getattr(sidecar_of(request), "media", None)
     if media is None:
@@ -967,13 +971,18 @@ async def media_status(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/mediaserver/sync")
+@documented("Sync with the media server now", response=Accepted, status=202, errors=(503,))
 async def media_sync(request: web.Request) -> web.Response:
     """List the server's songs and sync the listening history now, in the background."""
     media_of(request).wake()
-    return web.json_response({"status": "accepted"}, status=202)
+    return json_response(Accepted(), 202)
 
 
 @routes.post("/api/playlists")
+@documented(
+    "Write a playlist to the media server (created: 201, replaced: 200)", body=PlaylistRequest, response=PlaylistResult,
+    responses={201: PlaylistResult}, errors=(404, 409, 502, 503),
+)
 async def create_playlist(request: web.Request) -> web.Response:
     req = await parse_body(request, PlaylistRequest)
     media = media_of(request)
@@ -985,9 +994,10 @@ async def create_playlist(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/playlists")
+@documented("Playlists the sidecar wrote", query=PlaylistsQuery, response=PlaylistList)
 async def list_playlists(request: web.Request) -> web.Response:
     sc = sidecar_of(request)
-    user = request.query.get("user") or None
+    user = parse_query(request, PlaylistsQuery).user or None
     rows = await asyncio.to_thread(stored_playlists, sc.catalog, user)
     server = await asyncio.to_thread(server_ids_for, sc.catalog, {t for r in rows for t in r["track_ids"]})
     media = getattr(sc, "media", None)
@@ -1003,10 +1013,16 @@ async def list_playlists(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/playlists/{playlist_id}")
+@documented("Delete a playlist the sidecar wrote", response=None, status=204, errors=(404, 502, 503))
 async def delete_playlist(request: web.Request) -> web.Response:
     media = media_of(request)
+    playlist_id = request.match_info["playlist_id"]
+    # only playlists the sidecar wrote: the server's own are the user's business (and an id it never gave out
+    # would come back as an opaque server error)
+    if playlist_id not in {r["playlist_id"] for r in await asyncio.to_thread(stored_playlists, media.sc.catalog)}:
+        raise ApiError(404, f"the sidecar wrote no playlist {playlist_id!r}", "playlist_id")
     try:
-        await media.delete_playlist(request.match_info["playlist_id"])
+        await media.delete_playlist(playlist_id)
     except MediaServerError as e:
         raise _server_error(e) from None
     return web.Response(status=204)

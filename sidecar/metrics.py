@@ -11,3 +11,8 @@ STAGE_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
 )
 IN_FLIGHT = Gauge("sidecar_ingest_in_flight", "events being processed now")
+QUEUE_DEPTH = Gauge("sidecar_queue_depth", "library events waiting on the bus (consumer lag), read at each scrape")
+REQUEST_SECONDS = Histogram(
+    "sidecar_http_request_seconds", "HTTP request latency by route", ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)

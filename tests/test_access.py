@@ -45,6 +45,8 @@ async def ok(request):
     ("GET", "/api/status", {"read_access": "localhost"}, {}, 403),
     ("GET", "/api/status", {"read_access": "localhost", "api_token": TOKEN}, {"Authorization": f"Bearer {TOKEN}"}, 200),
     ("GET", "/health", {"read_access": "localhost"}, {}, 200),
+    ("GET", "/", {"read_access": "localhost"}, {}, 200),  # the web page holds no data; it asks for the token
+    ("GET", "/static/js/app.js", {"read_access": "localhost"}, {}, 200),
 ])
 async def test_access_from_another_machine(method, path, settings, headers, expected):
     req = request_from("192.168.1.20", method, path, headers, **settings)

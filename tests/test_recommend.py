@@ -191,6 +191,10 @@ async def test_http_recommendations_scrobble_and_bad_input(open_sidecar, analyse
         assert (r.status, (await r.json())["field"]) == (404, "song_id")
         r = await client.post("/webhooks/scrobble", json={"song_id": seed})
         assert (r.status, (await r.json())["field"]) == (400, "user")
+        r = await client.post("/webhooks/scrobble", json={"user": "eve", "song_id": seed, "time": 1763719200})  # Unix seconds
+        assert r.status == 202 and sc.catalog.recent_listens("eve") == [(seed, 1763719200.0)]
+        r = await client.post("/webhooks/scrobble", json={"user": "eve", "song_id": seed, "time": 1e300})
+        assert (r.status, (await r.json())["field"]) == (400, "time")
 
         cases = [
             ({"seeds": [{"track_id": "nope"}]}, "seeds"), ({"seeds": []}, "seeds"),

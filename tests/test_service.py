@@ -82,6 +82,9 @@ def test_metrics_parse_as_prometheus_text_and_count_the_work(make_sidecar):
     embedded = {s.labels["model"]: s.value for s in families["sidecar_tracks_embedded"].samples if s.name.endswith("_total")}
     assert embedded == {"musicnn": 5.0, "dsp": 5.0}
     assert any(s.labels.get("stage") == "musicnn" for s in families["sidecar_stage_seconds"].samples)
+    assert families["sidecar_queue_depth"].samples[0].value == 0  # idle: nothing waits on the bus
+    served = {(s.labels["route"], s.labels["status"]) for s in families["sidecar_http_request_seconds"].samples}
+    assert ("/api/status", "200") in served  # wait_idle polled it; routes by pattern, not by path
 
 
 def test_restart_embeds_nothing_a_move_runs_no_model_and_a_delete_removes(make_sidecar, music_dir):
