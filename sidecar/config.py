@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10000, ge=1000, description="a dead worker's partitions move after this")
     kafka_heartbeat_interval_ms: int = Field(default=3000, ge=100)
     kafka_fetch_max_wait_ms: int = Field(default=100, ge=0, le=10000, description="low, so new files are picked up at once")
+    max_event_bytes: int = Field(
+        default=1 << 20, ge=1024, le=64 << 20, description="largest event (key and value) a bus accepts; a larger one "
+        "is refused when published and sent to the dead letters when consumed",
+    )
 
     milvus_uri: str = Field(default="", description="Milvus server URI; empty: a Milvus Lite file in the data dir")
     milvus_token: str = Field(default="", repr=False)
@@ -108,6 +112,9 @@ class Settings(BaseSettings):
     text_encoder: str = Field(default="minilm", description="sentence encoder for text search")
     ingest_workers: int = Field(default=2, ge=1, le=64, description="tracks analysed at once")
     torch_threads: int = Field(default=1, ge=1, le=64, description="intra-op threads per analysis")
+    ingest_nice: int = Field(
+        default=10, ge=0, le=19, description="analysis threads run this much below the API's CPU priority (Linux); 0: same"
+    )
     debounce_s: float = Field(default=1.0, ge=0, le=60, description="a file must stay unchanged this long")
     reconcile_interval_s: float = Field(default=3600, ge=0, description="periodic reconcile walk; 0 disables")
     audio_extensions: Annotated[list[str], NoDecode] = Field(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -115,16 +117,30 @@ class _Offsets:
         return out
 
 
+def _lower_priority(nice: int) -> None:
+    """Run this analysis thread `nice` steps below the rest of the process, so that the threads answering
+    requests get a core first while a re-embed keeps both busy. Linux sets the nice value of each thread on
+    its own: this one only (and the threads it starts, e.g. torch's)."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError) as e:  # not Linux, or not allowed: analyse at the normal priority
+        log.debug("ingest thread priority unchanged: %s", e)
+
+
 class IngestWorker:
     def __init__(
         self, bus: EventBus, catalog: Catalog, store: VectorStore, embedders: LoadedEmbedders, roots: list[Path], *,
-        concurrency: int = 2, reconcile: Callable[[list[Path]], Awaitable[int]] | None = None,
+        concurrency: int = 2, reconcile: Callable[[list[Path]], Awaitable[int]] | None = None, nice: int = 0,
     ):
         self.bus, self.catalog, self.store, self.embedders = bus, catalog, store, embedders
         self.roots = [Path(r) for r in roots]
+        self._real_roots = [r.resolve() for r in self.roots]  # where a symlink in the library may point
         self.concurrency = concurrency
         self.reconcile = reconcile
-        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest")
+        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest", initializer=_lower_priority, initargs=(nice,))
         self.stats = IngestStats()  # the live consumer's
         self.replays: dict[str, ReplayRun] = {}
 
@@ -187,6 +203,10 @@ class IngestWorker:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        except Exception:  # the bus failed (a broker outage): what is in flight finishes and is stored; its offsets,
+            if tasks:  # uncommitted, come back after the reconnect and find it done, so nothing is analysed twice
+                await asyncio.wait(tasks)
+            raise
         if tasks:  # a graceful stop finishes what it started, so the commit covers it
             await asyncio.wait(tasks)
         await commit()
@@ -202,6 +222,12 @@ class IngestWorker:
             _STATS.get().processed += 1
 
     async def _process_one(self, d: Delivery, force: Force) -> None:
+        size, limit = len(d.value) + len(d.key or b""), self.bus.max_event_bytes
+        if size > limit:  # from another producer: dead-lettered with a 1 KiB excerpt (the whole stays in the topic)
+            metrics.MALFORMED.inc()
+            excerpt = Delivery(d.partition, d.offset, (d.key or b"")[:256] or d.key, d.value[:1024])
+            await self.bus.dead_letter(excerpt, f"event too large: {size} bytes, over the limit of {limit} (max_event_bytes)")
+            return
         try:
             event = decode_event(d.value)
         except ValidationError as e:
@@ -261,8 +287,15 @@ class IngestWorker:
         try:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
+            if path.is_symlink():
+                return self._failed(key, None, None, "broken symbolic link: its target does not exist")
             metrics.SKIPPED.labels("missing").inc()  # deleted since; its removal event follows
             return
+        except OSError as e:  # a symlink loop, no permission
+            return self._failed(key, None, None, f"cannot read the file: {e.strerror}")
+        real = path.resolve()
+        if not any(real.is_relative_to(r) for r in self._real_roots):  # no escape through a symbolic link
+            return self._failed(key, st.st_size, st.st_mtime_ns, f"a symbolic link to {real}, outside the music folders")
         force_kw = {"force": force.models, "force_before": force.before}
         if self.catalog.is_current(key, st.st_size, st.st_mtime_ns, versions, **force_kw) or (
             self.catalog.failed_unchanged(key, st.st_size, st.st_mtime_ns) and not force.models
@@ -278,11 +311,7 @@ class IngestWorker:
             metrics.SKIPPED.labels("missing").inc()
             return
         except DecodeError as e:
-            log.warning("cannot decode %s: %s", path, e)
-            self.catalog.record_failure(key, st.st_size, st.st_mtime_ns, str(e))
-            metrics.FAILURES.labels("decode").inc()
-            _STATS.get().failed += 1
-            return
+            return self._failed(key, st.st_size, st.st_mtime_ns, str(e))
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
         tags = audio.tags
         info = {
@@ -316,6 +345,13 @@ class IngestWorker:
             )
             metrics.EMBEDDED.labels(model).inc()
         _STATS.get().embedded += 1
+
+    def _failed(self, key: str, size: int | None, mtime_ns: int | None, reason: str) -> None:
+        """A file that cannot be analysed: listed with its reason (GET /api/failures) until it changes."""
+        log.warning("cannot analyse %s: %s", key, reason)
+        self.catalog.record_failure(key, size, mtime_ns, reason)
+        metrics.FAILURES.labels("decode").inc()
+        _STATS.get().failed += 1
 
     def _embed(self, audio: DecodedAudio, models: list[str]) -> dict[str, tuple]:
         """Runs in a worker thread: each model on the audio at its own rate. One model failing spares the rest."""
@@ -360,7 +396,7 @@ class IngestWorker:
         try:
             st = dest_path.stat()
             size, mtime = st.st_size, st.st_mtime_ns
-        except FileNotFoundError:
+        except OSError:  # gone again, or unreadable: the upsert below sorts it out
             size = mtime = None
         if self.catalog.move_file(str(src), str(dest_path), size, mtime) is None or size is None:
             await self._upsert(dest_path, force)  # unknown source: treat the destination as new

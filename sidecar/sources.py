@@ -19,14 +19,18 @@ log = logging.getLogger(__name__)
 
 
 async def publish_all(bus: EventBus, events: list[LibraryEvent]) -> int:
-    sent = 0
     for event in events:
-        try:
-            await bus.publish(event)
-            sent += 1
-        except UnicodeEncodeError:  # a file name that is not valid UTF-8 cannot travel as JSON
-            log.warning("skipped a file whose name is not valid UTF-8: %r", getattr(event, "path", event))
-    return sent
+        await bus.publish(event)
+    return len(events)
+
+
+def is_utf8(path: str) -> bool:
+    """Linux allows any bytes in a name; one that is not UTF-8 (held as surrogates) cannot go in an event."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 class Reconciler:
@@ -44,6 +48,15 @@ class Reconciler:
     def is_audio(self, path: str | Path) -> bool:
         return os.path.splitext(str(path))[1].lower() in self.extensions
 
+    def reject_name(self, path: str) -> str | None:
+        """A name that no event can carry is listed among the failures: returns it as listed (else None)."""
+        if is_utf8(path):
+            return None
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        log.warning("cannot analyse %s: its name is not valid UTF-8", shown)
+        self.catalog.record_failure(shown, None, None, "file name is not valid UTF-8: rename it (e.g. with convmv)")
+        return shown
+
     def changes(self, roots: list[Path]) -> list[LibraryEvent]:
         events: list[LibraryEvent] = []
         for root in roots:
@@ -53,16 +66,23 @@ class Reconciler:
                 for name in files:
                     if self.is_audio(name):
                         path = os.path.join(dirpath, name)
+                        if (listed := self.reject_name(path)) is not None:
+                            seen[listed] = (None, None)  # as its failure was recorded: neither new nor gone
+                            continue
                         try:
                             st = os.stat(path)
-                        except OSError:  # vanished, or a dangling link
-                            continue
-                        seen[path] = (st.st_size, st.st_mtime_ns)
+                        except FileNotFoundError:  # vanished (a broken link is announced, for the worker to report)
+                            if not os.path.islink(path):
+                                continue
+                            st = None
+                        except OSError:  # a symlink loop, no permission: the worker reports it
+                            st = None
+                        seen[path] = (st.st_size, st.st_mtime_ns) if st else (None, None)
             gone = {known[p]: p for p in sorted(set(known) - set(seen))}
             for path, stat in seen.items():
                 if known.get(path) == stat:
                     continue
-                if path not in known and (src := gone.pop(stat, None)) is not None:
+                if path not in known and stat[0] is not None and (src := gone.pop(stat, None)) is not None:
                     events.append(TrackMoved(src_path=src, dest_path=path, source="reconcile"))
                 else:
                     events.append(TrackUpserted(path=path, size=stat[0], mtime_ns=stat[1], source="reconcile"))
@@ -88,11 +108,12 @@ class FolderWatcher:
         self._queue: asyncio.Queue[LibraryEvent | list[Path]] = asyncio.Queue()
         self._observer = Observer()
         self._tasks: list[asyncio.Task] = []
+        self._sending = False  # an event taken from the queue, not yet published (the bus may be away)
 
     @property
     def busy(self) -> bool:
         """Files waiting to settle, or events not yet published."""
-        return bool(self._pending) or not self._queue.empty()
+        return bool(self._pending) or not self._queue.empty() or self._sending
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,17 +147,18 @@ class FolderWatcher:
             if audio(src):
                 self._pending[src] = (time.monotonic(), None)
         elif event.event_type == "deleted":
-            if audio(src):
-                self._pending.pop(src, None)
+            self._pending.pop(src, None)
+            if audio(src) and is_utf8(src):  # a name that is not UTF-8 never reached the catalog
                 self._queue.put_nowait(TrackRemoved(path=src, source="watcher"))
         elif event.event_type == "moved":
             self._pending.pop(src, None)
-            if audio(src) and audio(dest):
+            if audio(src) and audio(dest) and is_utf8(src) and is_utf8(dest):
                 self._queue.put_nowait(TrackMoved(src_path=src, dest_path=dest, source="watcher"))
-            elif audio(dest):  # e.g. a download renamed from .part: a new file
-                self._pending[dest] = (time.monotonic(), None)
-            elif audio(src):
-                self._queue.put_nowait(TrackRemoved(path=src, source="watcher"))
+            else:
+                if audio(dest):  # e.g. a download renamed from .part: a new file (a bad name is reported on settling)
+                    self._pending[dest] = (time.monotonic(), None)
+                if audio(src) and is_utf8(src):
+                    self._queue.put_nowait(TrackRemoved(path=src, source="watcher"))
 
     async def _settle(self) -> None:
         while True:
@@ -145,25 +167,32 @@ class FolderWatcher:
             for path, (changed_at, last) in list(self._pending.items()):
                 try:
                     st = os.stat(path)
-                except OSError:
-                    self._pending.pop(path, None)
+                except OSError as e:
+                    del self._pending[path]
+                    if (os.path.islink(path) or not isinstance(e, FileNotFoundError)) and self.reconciler.reject_name(path) is None:
+                        self._queue.put_nowait(TrackUpserted(path=path, source="watcher"))  # a link loop: the worker reports it
                     continue
                 current = (st.st_size, st.st_mtime_ns)
                 if current != last:
                     self._pending[path] = (now if last is not None else changed_at, current)
                 elif now - changed_at >= self.debounce_s:
                     del self._pending[path]
-                    self._queue.put_nowait(TrackUpserted(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, source="watcher"))
+                    if self.reconciler.reject_name(path) is None:
+                        self._queue.put_nowait(TrackUpserted(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, source="watcher"))
 
     async def _send(self) -> None:
         while True:
             item = await self._queue.get()
-            try:
-                if isinstance(item, list):
-                    await self.reconciler.run(item)
-                else:
-                    await publish_all(self.bus, [item])
-            except Exception:  # the bus being briefly away must not kill the watcher
-                log.exception("watcher could not publish; will retry")
-                await asyncio.sleep(1)
-                self._queue.put_nowait(item)
+            self._sending, delay = True, 0.5
+            while True:  # the same item until it goes out, so that one file's events keep their order
+                try:
+                    if isinstance(item, list):
+                        await self.reconciler.run(item)
+                    else:
+                        await publish_all(self.bus, [item])
+                    self._sending = False
+                    break
+                except Exception as e:  # the bus being away (a broker restart) must not lose or reorder events
+                    log.warning("watcher could not publish (%s); retrying in %.1f s", e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)

@@ -16,11 +16,11 @@ def make_bus(settings: "Settings") -> EventBus:
     if settings.bus == "embedded":
         from sidecar.bus.embedded import EmbeddedBus
 
-        return EmbeddedBus(settings.event_log_path)
-    if settings.bus == "kafka":
+        bus = EmbeddedBus(settings.event_log_path)
+    elif settings.bus == "kafka":
         from sidecar.bus.kafka import KafkaBus
 
-        return KafkaBus(
+        bus = KafkaBus(
             settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_dead_letter_topic,
             consumer_options={
                 "session_timeout_ms": settings.kafka_session_timeout_ms,
@@ -28,4 +28,7 @@ def make_bus(settings: "Settings") -> EventBus:
                 "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
             },
         )
-    raise ValueError(f"unknown bus {settings.bus!r}")
+    else:
+        raise ValueError(f"unknown bus {settings.bus!r}")
+    bus.max_event_bytes = settings.max_event_bytes
+    return bus

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from schemas.events import LibraryEvent
 
 
+MAX_EVENT_BYTES = 1 << 20  # the default of Settings.max_event_bytes
+
+
+class EventTooLargeError(ValueError):
+    """An event over the bus's size limit: refused when published (the consumer dead-letters one that got in)."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     partition: int
@@ -54,6 +61,13 @@ class Consumer(ABC):
 
 
 class EventBus(ABC):
+    max_event_bytes: int = MAX_EVENT_BYTES  # key and value together
+
+    def check_size(self, key: bytes | None, value: bytes) -> None:
+        size = len(value) + len(key or b"")
+        if size > self.max_event_bytes:
+            raise EventTooLargeError(f"event of {size} bytes is over the bus's limit of {self.max_event_bytes} bytes (max_event_bytes)")
+
     @abstractmethod
     async def start(self) -> None: ...
 
@@ -73,7 +87,8 @@ class EventBus(ABC):
 
     @abstractmethod
     async def publish_raw(self, key: bytes | None, value: bytes) -> None:
-        """Append raw bytes as they are (used for forwarding, and by tests to send malformed messages)."""
+        """Append raw bytes as they are (used for forwarding, and by tests to send malformed messages).
+        Raises EventTooLargeError over max_event_bytes."""
 
     @abstractmethod
     def consumer(self, group: str, *, from_beginning: bool = True) -> Consumer:

@@ -212,6 +212,7 @@ class EmbeddedBus(EventBus):
 
     async def publish_raw(self, key: bytes | None, value: bytes) -> None:
         self._check_open()
+        self.check_size(key, value)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.append((None if key is None else bytes(key), bytes(value), fut))
         if self._flusher is None or self._flusher.done():

@@ -111,6 +111,7 @@ class KafkaBus(EventBus):
             client_id=self.client_id,
             acks="all",
             enable_idempotence=False,
+            max_request_size=self.max_event_bytes + (64 << 10),  # room for the batch's own headers
         )
         try:
             await producer.start()
@@ -150,6 +151,7 @@ class KafkaBus(EventBus):
         return self._producer
 
     async def publish_raw(self, key: bytes | None, value: bytes) -> None:
+        self.check_size(key, value)
         await self._need_producer().send_and_wait(self.topic, value=bytes(value), key=None if key is None else bytes(key))
 
     def consumer(self, group: str, *, from_beginning: bool = True) -> "KafkaConsumer":
