@@ -68,7 +68,7 @@ def main() -> None:
     prep.configure({"backend": "onnx"})
     prep.prepare(args.models_dir)  # weights, then the ONNX export if missing or stale
     torch_emb = MusicnnEmbedder()
-    torch_emb.configure({})
+    torch_emb.configure({"backend": "torch"})
     torch_emb.load(args.models_dir)
     model = torch_emb._model
 

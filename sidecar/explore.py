@@ -40,9 +40,10 @@ from schemas.explore import (
     AlchemyPoint, AlchemyRequest, AlchemyResponse, AlchemyResult, ComponentMatch, ExploreTrack, FilteredTrack,
     FindPathQuery, FindPathResponse, FingerprintGenerateQuery, FingerprintQuery, FingerprintResponse, MapQuery,
     MapSelection, MapSelectionResponse, SearchTrack, SearchTracksQuery, SeedTrack, SelectedTrack, SimilarArtist,
-    SimilarArtistsQuery, SongRef, TagScore,
+    MapResponse, SimilarArtistsQuery, SongRef, TagScore,
 )
 from sidecar.api import ApiError, json_response, parse_body, parse_query, sidecar_of
+from sidecar.openapi import documented
 
 if TYPE_CHECKING:
     from sidecar.catalog import Catalog
@@ -163,6 +164,7 @@ class ArtistIndex:
     track_ids: list[str]
     titles: list[str | None]
     unit: np.ndarray  # (tracks with an artist, dim), unit
+    writes: tuple = ()  # the catalog's write token (and mirror size) when `stamp` was last checked
 
 
 @dataclass
@@ -326,6 +328,7 @@ def song_path(
 
 
 @routes.get("/api/find_path")
+@documented("A path of similar tracks from one track to another", query=FindPathQuery, response=FindPathResponse, errors=(404, 409))
 async def find_path(request: web.Request) -> web.Response:
     q = parse_query(request, FindPathQuery)
     sc = sidecar_of(request)
@@ -452,6 +455,7 @@ def alchemy(
 
 
 @routes.post("/api/alchemy")
+@documented("Song alchemy: tracks near what is added, away from what is subtracted", body=AlchemyRequest, response=AlchemyResponse, errors=(404, 409))
 async def alchemy_route(request: web.Request) -> web.Response:
     req = await parse_body(request, AlchemyRequest)
     sc = sidecar_of(request)
@@ -593,6 +597,7 @@ def sonic_fingerprint(sc: "Sidecar", model: str, q: FingerprintQuery) -> Fingerp
 
 
 @routes.get("/api/sonic_fingerprint")
+@documented("Tracks near a user's listening fingerprint", query=FingerprintQuery, response=FingerprintResponse, errors=(409,))
 async def sonic_fingerprint_route(request: web.Request) -> web.Response:
     q = parse_query(request, FingerprintQuery)
     sc = sidecar_of(request)
@@ -611,12 +616,14 @@ async def _fingerprint_generate(request: web.Request, g: FingerprintGenerateQuer
 
 
 @routes.get("/api/sonic_fingerprint/generate")
+@documented("Sonic fingerprint, AudioMuse-AI's form", query=FingerprintGenerateQuery, response=list[ExploreTrack], errors=(409,))
 async def fingerprint_generate_get(request: web.Request) -> web.Response:
     """AudioMuse-AI's form: a plain list of tracks."""
     return await _fingerprint_generate(request, parse_query(request, FingerprintGenerateQuery))
 
 
 @routes.post("/api/sonic_fingerprint/generate")
+@documented("Sonic fingerprint, AudioMuse-AI's form, POSTed", body=FingerprintGenerateQuery, response=list[ExploreTrack], errors=(409,))
 async def fingerprint_generate_post(request: web.Request) -> web.Response:
     return await _fingerprint_generate(request, await parse_body(request, FingerprintGenerateQuery))
 
@@ -753,6 +760,7 @@ def map_body(sc: "Sidecar", proj: Projection, q: MapQuery, model: str) -> bytes:
 
 
 @routes.get("/api/map")
+@documented("A 2-D map of the library", query=MapQuery, response=MapResponse)
 async def map_route(request: web.Request) -> web.Response:
     q = parse_query(request, MapQuery)
     sc = sidecar_of(request)
@@ -767,6 +775,7 @@ async def map_route(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/map/selection")
+@documented("Details of tracks selected on the map", body=MapSelection, response=MapSelectionResponse, errors=(404,))
 async def map_selection(request: web.Request) -> web.Response:
     req = await parse_body(request, MapSelection)
     sc = sidecar_of(request)
@@ -787,18 +796,24 @@ async def map_selection(request: web.Request) -> web.Response:
 def _artist_index(sc: "Sidecar", model: str) -> ArtistIndex:
     """Artist vectors (mean of their tracks' unit vectors, renormalised), rebuilt when tracks or vectors change."""
     catalog, st = sc.catalog, _state(sc)
-    stamp = (
-        tuple(catalog._q("SELECT COUNT(*), MAX(updated_at), TOTAL(LENGTH(artist)) FROM tracks")[0])
-        + tuple(catalog._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE model = ? AND status = 'done'", (model,))[0])
-        + (len(sc.store.mirrors[model]),)
-    )
+    writes = catalog.writes() + (len(sc.store.mirrors[model]),)
     with st.artists_lock:
         idx = st.artists.get(model)
+        if idx is not None and idx.writes == writes:  # nothing written since: skip the stamp's table scans
+            return idx
+        stamp = (
+            tuple(catalog._q("SELECT COUNT(*), MAX(updated_at), TOTAL(LENGTH(artist)) FROM tracks")[0])
+            + tuple(catalog._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE model = ? AND status = 'done'", (model,))[0])
+            + (len(sc.store.mirrors[model]),)
+        )
         if idx is not None and idx.stamp == stamp:
+            idx.writes = writes
             return idx
         rows = catalog._q("SELECT track_id, artist, title FROM tracks WHERE artist IS NOT NULL AND TRIM(artist) != ''")
-        vecs = sc.store.get_vectors(model, [r["track_id"] for r in rows])
-        rows = [r for r in rows if r["track_id"] in vecs]
+        with sc.store._lock:  # one copy of the rows needed, not one small array per track
+            mirror = sc.store.mirrors[model]
+            rows = [r for r in rows if r["track_id"] in mirror.pos]
+            raw = mirror.matrix[[mirror.pos[r["track_id"]] for r in rows]]
         names: list[str] = []
         by_key: dict[str, int] = {}
         member_lists: list[list[int]] = []
@@ -811,10 +826,10 @@ def _artist_index(sc: "Sidecar", model: str) -> ArtistIndex:
                 member_lists.append([])
             member_lists[by_key[k]].append(i)
         dim = sc.embedders.ready[model].dim
-        unit = _unit(np.stack([vecs[r["track_id"]] for r in rows])) if rows else np.zeros((0, dim), np.float32)
+        unit = _unit(raw) if rows else np.zeros((0, dim), np.float32)
         members = [np.array(m, int) for m in member_lists]
         centroids = _unit(np.stack([unit[m].mean(axis=0) for m in members])) if members else np.zeros((0, dim), np.float32)
-        idx = ArtistIndex(stamp, names, by_key, centroids, members, [r["track_id"] for r in rows], [r["title"] for r in rows], unit)
+        idx = ArtistIndex(stamp, names, by_key, centroids, members, [r["track_id"] for r in rows], [r["title"] for r in rows], unit, writes)
         st.artists[model] = idx
         return idx
 
@@ -854,6 +869,7 @@ def similar_artists(catalog: "Catalog", index: ArtistIndex, row: int, n: int, wi
 
 
 @routes.get("/api/similar_artists")
+@documented("Artists whose tracks sound alike", query=SimilarArtistsQuery, response=list[SimilarArtist], errors=(404,))
 async def similar_artists_route(request: web.Request) -> web.Response:
     q = parse_query(request, SimilarArtistsQuery)
     if not (q.artist or q.artist_id):
@@ -885,6 +901,7 @@ def search_tracks(catalog: "Catalog", text: str, limit: int, offset: int) -> lis
 
 
 @routes.get("/api/search_tracks")
+@documented("Track search, AudioMuse-AI's form", query=SearchTracksQuery, response=list[SearchTrack])
 async def search_tracks_route(request: web.Request) -> web.Response:
     q = parse_query(request, SearchTracksQuery)
     text = q.search_query.strip() or f"{q.artist.strip()} {q.title.strip()}".strip()

@@ -64,8 +64,12 @@ class Sidecar:
                 raise SidecarError(f"music folder {root} does not exist or is not a folder")
         s.data_dir.mkdir(parents=True, exist_ok=True)
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(s.torch_threads)
+        # numpy's BLAS on one thread: a search is a matrix-vector product bound by memory, and two BLAS threads
+        # on two busy cores took four times as long (16 ms against 3.8 ms at 100k tracks; docs/PERFORMANCE.md)
+        threadpool_limits(1, user_api="blas")
         self.catalog = Catalog(s.catalog_path)
         self.embedders = await asyncio.to_thread(load_embedders, s.embedders, s.models_dir, s.plugins)
         for name, why in self.embedders.unavailable.items():
@@ -90,7 +94,7 @@ class Sidecar:
         self.reconciler = Reconciler(self.bus, self.catalog, s.audio_extensions)
         self.worker = IngestWorker(
             self.bus, self.catalog, self.store, self.embedders, self.roots,
-            concurrency=s.ingest_workers, reconcile=self.reconciler.run,
+            concurrency=s.ingest_workers, reconcile=self.reconciler.run, nice=s.ingest_nice,
         )
 
     def _open_text(self) -> None:
@@ -126,7 +130,9 @@ class Sidecar:
         if http:
             from sidecar.api import make_app
 
-            self._http = web.AppRunner(make_app(self), access_log=None)
+            # max_line_size: a query at its documented limits, in 4-byte characters percent-encoded (12 bytes
+            # each), is about 21 kB; aiohttp's default (8 kB) would refuse it before the API could answer
+            self._http = web.AppRunner(make_app(self), access_log=None, max_line_size=65536)
             await self._http.setup()
             site = web.TCPSite(self._http, s.host, s.port)
             try:

@@ -50,13 +50,19 @@ class Mirror:
             i = self.pos.get(tid)
             if i is None:
                 i = len(self.ids)
-                if i == len(self._mat):
-                    self._mat = np.concatenate([self._mat, np.zeros_like(self._mat)])
-                    self._inv_norm = np.concatenate([self._inv_norm, np.zeros_like(self._inv_norm)])
+                if i == len(self._mat):  # grow by doubling (at least 1024 rows)
+                    more = max(len(self._mat), 1024)
+                    self._mat = np.concatenate([self._mat, np.zeros((more, self._mat.shape[1]), np.float32)])
+                    self._inv_norm = np.concatenate([self._inv_norm, np.zeros(more, np.float32)])
                 self.ids.append(tid)
                 self.pos[tid] = i
             self._mat[i] = v
             self._inv_norm[i] = 1.0 / max(float(np.linalg.norm(v)), 1e-12)
+
+    def compact(self) -> None:
+        """Drop the spare rows that growing by doubling left (a quarter of the matrix at 100k)."""
+        n = len(self.ids)
+        self._mat, self._inv_norm = self._mat[:n].copy(), self._inv_norm[:n].copy()
 
     def remove(self, ids: list[str]) -> None:
         for tid in ids:
@@ -80,7 +86,9 @@ class Mirror:
         q = q / np.linalg.norm(q, axis=-1, keepdims=True).clip(1e-12)
         n = len(self.ids)
         inv = self._inv_norm[:n] if q.ndim == 1 else self._inv_norm[:n, None]
-        return (self._mat[:n] @ q.T) * inv
+        sims = self._mat[:n] @ q.T
+        sims *= inv  # in place: one pass fewer over the library
+        return sims
 
     def search(self, query: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
         sims = self.similarities(query)
@@ -164,7 +172,10 @@ class VectorStore:
     def __init__(self, uri: str, token: str = ""):
         self.uri = uri
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        self._lock = threading.Lock()  # Milvus Lite gains nothing from concurrent calls; keep them simple
+        self._milvus_lock = threading.Lock()  # Milvus Lite gains nothing from concurrent calls; keep them simple
+        # The mirrors' lock, held only for numpy work, never across a Milvus call, so that searches do not wait
+        # for a write to Milvus (a re-embed writes all the time). Writers take it inside _milvus_lock.
+        self._lock = threading.Lock()
         self._dims: dict[str, int] = {}
         self.mirrors: dict[str, Mirror] = {}  # model -> exact copy of its track vectors
         self.lite: LiteServer | None = None
@@ -185,7 +196,7 @@ class VectorStore:
             raise StoreError(f"cannot open the vector store at {uri}: {e}") from None
 
     def close(self) -> None:
-        with self._lock:
+        with self._milvus_lock:
             self.client.close()
             if self.lite is not None:
                 self.lite.close()
@@ -196,13 +207,22 @@ class VectorStore:
         self._ensure(collection_name(model), model, dim, pk_length=64)
         if model not in self.mirrors:
             self.mirrors[model] = self._load_mirror(model, dim)
+            if self.is_lite:
+                # Loaded, Lite keeps a second, normalised copy of every vector to search (80 MB at 100k x 200-d);
+                # the mirror answers every read, and writes work on a released collection.
+                with self._milvus_lock:
+                    self.client.release_collection(collection_name(model))
         if segments:
             self._ensure(segments_name(model), model, dim, pk_length=80, track_field=True)
+        if self.is_lite:  # Lite reads its Parquet files through Arrow, whose pool keeps the freed pages (0.35 GB at 100k)
+            import pyarrow
+
+            pyarrow.default_memory_pool().release_unused()
 
     def _ensure(self, name: str, model: str, dim: int, *, pk_length: int, track_field: bool = False) -> None:
         from pymilvus import DataType
 
-        with self._lock:
+        with self._milvus_lock:
             if not self.client.has_collection(name):
                 schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
                 schema.add_field("id" if track_field else ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=pk_length)
@@ -231,20 +251,22 @@ class VectorStore:
 
     def _load_mirror(self, model: str, dim: int) -> Mirror:
         mirror = Mirror(dim)
-        with self._lock:
+        with self._milvus_lock:
             it = self.client.query_iterator(
                 collection_name(model), batch_size=8192, filter="", output_fields=[ID_FIELD, VECTOR_FIELD]
             )
             while batch := it.next():
                 mirror.put([r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32))
             it.close()
+        mirror.compact()
         return mirror
 
     def upsert(self, model: str, rows: list[tuple[str, np.ndarray, str]]) -> None:
         data = [{ID_FIELD: tid, VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), HASH_FIELD: h} for tid, v, h in rows]
-        with self._lock:
+        with self._milvus_lock:
             self.client.upsert(collection_name(model), data)
-            self.mirrors[model].put([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
+            with self._lock:
+                self.mirrors[model].put([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
 
     def replace_segments(self, model: str, track_id: str, vectors: np.ndarray, content_hash: str) -> None:
         """The track's segment vectors, replacing any it had (a re-embed may make fewer segments)."""
@@ -253,22 +275,23 @@ class VectorStore:
             {"id": f"{track_id}:{i}", ID_FIELD: track_id, VECTOR_FIELD: np.asarray(v, np.float32).tolist(), HASH_FIELD: content_hash}
             for i, v in enumerate(vectors)
         ]
-        with self._lock:
+        with self._milvus_lock:
             self.client.delete(name, filter=f"{ID_FIELD} == {_quoted([track_id])} and id not in [{_quoted(d['id'] for d in data)}]")
             if data:
                 self.client.upsert(name, data)
 
     def segment_ids(self, model: str, track_id: str) -> list[str]:
-        with self._lock:
+        with self._milvus_lock:
             rows = self.client.query(segments_name(model), filter=f"{ID_FIELD} == {_quoted([track_id])}", output_fields=["id"])
         return sorted(r["id"] for r in rows)
 
     def delete(self, model: str, track_ids: list[str]) -> None:
         """The tracks' vectors, and their segments where the model keeps them."""
         if track_ids:
-            with self._lock:
+            with self._milvus_lock:
                 self.client.delete(collection_name(model), ids=list(track_ids))
-                self.mirrors[model].remove(list(track_ids))
+                with self._lock:
+                    self.mirrors[model].remove(list(track_ids))
                 if segments_name(model) in self._dims:
                     self.client.delete(segments_name(model), filter=f"{ID_FIELD} in [{_quoted(track_ids)}]")
 
@@ -288,7 +311,7 @@ class VectorStore:
             return list(mirror.ids), mirror.similarities(np.asarray(queries, np.float32).reshape(len(queries), -1))
 
     def count(self, model: str) -> int:
-        with self._lock:
+        with self._milvus_lock:
             self.client.load_collection(collection_name(model))  # a no-op when loaded; reopened ones are not
             res = self.client.query(collection_name(model), filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
@@ -296,7 +319,7 @@ class VectorStore:
     def all_ids(self, model: str) -> list[str]:
         """Every stored track id, duplicates included (used to check idempotency)."""
         out: list[str] = []
-        with self._lock:
+        with self._milvus_lock:
             self.client.load_collection(collection_name(model))
             it = self.client.query_iterator(collection_name(model), batch_size=1000, filter="", output_fields=[ID_FIELD])
             while batch := it.next():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import threading
+from array import array
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +26,7 @@ MIN_SIMILARITY = 0.4  # below this a concept's match is noise (measured: lower r
 MAX_BELOW_BEST = 0.2
 METADATA_MIN_SIMILARITY = 0.5
 METADATA_FIELDS = ("genre", "artist", "album")
+CLAUSE_CACHE_SIZE = 4096  # sentence vectors of recent clauses (1.5 KB each): a repeated clause skips the encoder
 
 MSD_TAGS = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
@@ -88,6 +91,7 @@ DESCRIPTORS = (
 )
 TAG_CONCEPTS = tuple(Concept(t, (t.lower(),) + TAG_SYNONYMS.get(t, ()), tags={t: 1.0}) for t in MSD_TAGS)
 LEXICON = TAG_CONCEPTS + DESCRIPTORS
+_BY_NAME = {c.name: c for c in LEXICON}
 FEATURES = ("tempo_bpm", "loudness_db", "onset_rate", "pulse_clarity", "percussiveness", "brightness", "dynamics_db", "key_strength", "minor")
 
 _NEGATION = re.compile(r"^(no|not|without|non|avoid|except|minus|nothing)\b[\s-]*", re.I)
@@ -144,38 +148,51 @@ class LibraryIndex:
         self.words: list[str] = []
         self.word_vectors = np.zeros((0, encoder.dim), np.float32)
         self.track_words = np.zeros((0, len(METADATA_FIELDS)), np.int64)  # index into words, -1: none
+        self._concepts: dict[str, np.ndarray] = {}  # concept -> its score per track, for the current analysis
 
     def refresh(self) -> None:
         stamp = self.catalog.analysis_stamp()
         with self._lock:
             if stamp == self._stamp:
                 return
-            rows = self.catalog.analysed_tracks()
-            ids, tags, feats, meta = [], [], [], []
+            ids = []
+            tags, feats, meta = array("f"), array("f"), array("q")  # packed as read: lists of floats would be 0.2 GB at 100k
             known = {w: i for i, w in enumerate(self.words)}
-            for r in rows:
+            for r in self.catalog.iter_analysed_tracks():
                 t, f = r["tags"], dict(r["features"])
                 f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
                 ids.append(r["track_id"])
-                tags.append([t.get(name, 0.0) for name in MSD_TAGS])
-                feats.append([float(f.get(name, np.nan)) for name in FEATURES])
-                meta.append([known.setdefault(str(r[k]), len(known)) if r[k] else -1 for k in METADATA_FIELDS])
+                tags.extend(t.get(name, 0.0) for name in MSD_TAGS)
+                feats.extend(float(f.get(name, np.nan)) for name in FEATURES)
+                meta.extend(known.setdefault(str(r[k]), len(known)) if r[k] else -1 for k in METADATA_FIELDS)
             self.track_ids = ids
-            self.tags = percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
-            self.features = percentiles(np.array(feats, np.float32).reshape(len(ids), len(FEATURES)))
+            self.tags = percentiles(np.frombuffer(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
+            self.features = percentiles(np.frombuffer(feats, np.float32).reshape(len(ids), len(FEATURES)))
             new = list(known)[len(self.words):]
             if new:
                 self.word_vectors = np.concatenate([self.word_vectors, self.encoder.encode(new)])
                 self.words += new
-            self.track_words = np.array(meta, np.int64).reshape(len(ids), len(METADATA_FIELDS))
+            self.track_words = np.frombuffer(meta, np.int64).reshape(len(ids), len(METADATA_FIELDS))
+            self._concepts = {}
             self._stamp = stamp
+
+    def concept_score(self, c: Concept) -> np.ndarray:
+        """_concept_score(c), computed once per analysis of the library (a concept is a fixed mix of columns)."""
+        cache = self._concepts
+        s = cache.get(c.name)
+        if s is None:
+            s = cache[c.name] = _concept_score(c, self)
+        return s
 
     def metadata_similarity(self, clause_vectors: np.ndarray) -> np.ndarray:
         """Per track, the best similarity of any clause to its genre, artist or album (0 where it has none)."""
         if not len(self.words) or not len(self.track_ids):
             return np.zeros(len(self.track_ids), np.float32)
-        per_word = np.append((clause_vectors @ self.word_vectors.T).max(axis=0), 0.0)  # index -1: no value
-        return per_word[self.track_words].max(axis=1).astype(np.float32)
+        per_word = np.append((clause_vectors @ self.word_vectors.T).max(axis=0), 0.0).astype(np.float32)  # -1: no value
+        best = per_word[self.track_words[:, 0]]
+        for j in range(1, len(METADATA_FIELDS)):  # column by column: a max over a 3-wide axis is slow in numpy
+            np.maximum(best, per_word[self.track_words[:, j]], out=best)
+        return best
 
 
 def percentiles(x: np.ndarray) -> np.ndarray:
@@ -198,13 +215,31 @@ class ZeroShotSearch:
         phrases = [(i, p) for i, c in enumerate(LEXICON) for p in c.phrases]
         self._phrase_concept = np.array([i for i, _ in phrases])
         self._phrase_vectors = encoder.encode([p for _, p in phrases])
+        self._clauses: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU: clause text -> sentence vector
+        self._clauses_lock = threading.Lock()
+
+    def clause_vectors(self, texts: list[str]) -> np.ndarray:
+        """Sentence vectors of clauses: recent ones from the cache, the others encoded in one batch."""
+        with self._clauses_lock:
+            known = {t: self._clauses[t] for t in texts if t in self._clauses}
+            for t in known:
+                self._clauses.move_to_end(t)
+        new = list(dict.fromkeys(t for t in texts if t not in known))
+        if new:
+            known.update(zip(new, self.encoder.encode(new)))
+            with self._clauses_lock:
+                for t in new:
+                    self._clauses[t] = known[t]
+                while len(self._clauses) > CLAUSE_CACHE_SIZE:
+                    self._clauses.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
     def match(self, prompt: str, negative_prompts: list[str] = ()) -> tuple[list[Match], list[Clause]]:
         """Concepts named by the prompt, each with its weight; and the clauses (for metadata matching)."""
         clauses = parse_prompt(prompt) + [Clause(c.text, not c.negative) for n in negative_prompts for c in parse_prompt(n)]
         if not clauses:
             return [], []
-        sims = self.encoder.encode([c.text for c in clauses]) @ self._phrase_vectors.T
+        sims = self.clause_vectors([c.text for c in clauses]) @ self._phrase_vectors.T
         matches: dict[str, Match] = {}
         for clause, row in zip(clauses, sims):
             best = np.full(len(LEXICON), -1.0)
@@ -224,32 +259,39 @@ class ZeroShotSearch:
         n = len(idx.track_ids)
         if n == 0:
             return [], matches
-        by_name = {c.name: c for c in LEXICON}
         score = np.zeros(n, np.float32)
         parts: list[tuple[str, np.ndarray]] = []
         total = 0.0
         for m in matches:
-            c = by_name[m.concept]
-            s = _concept_score(c, idx)
+            s = idx.concept_score(_BY_NAME[m.concept])
             score += m.weight * s
             total += abs(m.weight)
             parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", m.weight * s))
         # the library's own words: a clause that reads like a track's genre, artist or album
         positive = [c.text for c in clauses if not c.negative]
         if positive and len(idx.words):
-            msim = idx.metadata_similarity(self.encoder.encode(positive))
+            msim = idx.metadata_similarity(self.clause_vectors(positive))
             bonus = np.where(msim >= METADATA_MIN_SIMILARITY, msim, 0.0).astype(np.float32)
             score += bonus
             total += 1.0 if bonus.any() else 0.0
             parts.append(("metadata", bonus))
         if total:
             score /= total
-        order = np.argsort(-score, kind="stable")[:limit]
+        order = top_k(score, limit)
         out = []
         for i in order:
             reasons = [name for name, contrib in sorted(parts, key=lambda p: -abs(p[1][i])) if abs(contrib[i]) > 0.05][:3]
             out.append(ScoredTrack(idx.track_ids[i], float(score[i]), reasons))
         return out, matches
+
+
+def top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """np.argsort(-score, kind="stable")[:k] (best first, ties in index order) without sorting every track."""
+    if k >= len(score):
+        return np.argsort(-score, kind="stable")[:k]
+    kth = np.partition(score, len(score) - k)[len(score) - k]  # the k-th highest score
+    near = np.flatnonzero(score >= kth)  # at least k tracks, in index order, ties with the k-th included
+    return near[np.argsort(-score[near], kind="stable")[:k]]
 
 
 def _concept_score(c: Concept, idx: LibraryIndex) -> np.ndarray:

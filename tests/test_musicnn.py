@@ -51,7 +51,9 @@ def load_wav(clip: str) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def musicnn(models_dir) -> MusicnnEmbedder:
+    """The PyTorch port (test_musicnn_onnx.py holds the default ONNX backend to the same references)."""
     e = MusicnnEmbedder()
+    e.configure({"backend": "torch"})
     e.prepare(models_dir)
     e.load(models_dir)
     return e

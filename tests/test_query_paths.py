@@ -1,0 +1,131 @@
+"""The fast query paths give the answers of the straightforward ones: zero-shot text search (cached clause
+vectors and concept scores, partial sort, cheap change stamp) against a plain recomputation on the real
+analysed library, and the store's mirror (with Milvus Lite's collection released) against Milvus itself."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from schemas.api import TextRecommendationRequest
+from sidecar.textsearch import FEATURES, LEXICON, METADATA_FIELDS, METADATA_MIN_SIMILARITY, MSD_TAGS, percentiles, top_k
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    ("orchestral", []), ("electronic dance", []), ("calm orchestral, no vocals", []), ("upbeat electronic dance", ["dark"]),
+    ("dark ambient", []), ("bright happy rock with drums", ["orchestral"]), ("not loud, sparse piano", []),
+]
+
+
+def reference_search(sc, prompt: str, negatives: list[str], limit: int) -> list[tuple[str, float, list[str]]]:
+    """The zero-shot search as first written: every row parsed, every concept scored over the whole library
+    with no cache, the metadata compared track by track, and a full sort."""
+    zs, rows = sc.text.zero_shot, sc.catalog.analysed_tracks()
+    n = len(rows)
+    feats = [dict(r["features"], minor=1.0 if r["features"].get("scale") == "minor" else 0.0) for r in rows]
+    tags = percentiles(np.array([[r["tags"].get(t, 0.0) for t in MSD_TAGS] for r in rows], np.float32))
+    features = percentiles(np.array([[float(f.get(k, np.nan)) for k in FEATURES] for f in feats], np.float32))
+    matches, clauses = zs.match(prompt, negatives)
+    by_name = {c.name: c for c in LEXICON}
+    score, parts, total = np.zeros(n, np.float32), [], 0.0
+    for m in matches:
+        c = by_name[m.concept]
+        terms = [(tags[:, MSD_TAGS.index(t)], w) for t, w in c.tags.items()] + [(features[:, FEATURES.index(f)], w) for f, w in c.features.items()]
+        s = np.average(np.stack([col if w > 0 else 1 - col for col, w in terms]), axis=0, weights=[abs(w) for _, w in terms]).astype(np.float32)
+        score += m.weight * s
+        total += abs(m.weight)
+        parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", m.weight * s))
+    positive = [c.text for c in clauses if not c.negative]
+    values = sorted({str(r[k]) for r in rows for k in METADATA_FIELDS if r[k]})
+    if positive and values:
+        sim = dict(zip(values, (sc.text.encoder.encode(positive) @ sc.text.encoder.encode(values).T).max(axis=0)))
+        msim = np.array([max([sim[str(r[k])] for k in METADATA_FIELDS if r[k]], default=0.0) for r in rows], np.float32)
+        bonus = np.where(msim >= METADATA_MIN_SIMILARITY, msim, 0.0).astype(np.float32)
+        score += bonus
+        total += 1.0 if bonus.any() else 0.0
+        parts.append(("metadata", bonus))
+    if total:
+        score /= total
+    out = []
+    for i in np.argsort(-score, kind="stable")[:limit]:
+        reasons = [name for name, contrib in sorted(parts, key=lambda p: -abs(p[1][i])) if abs(contrib[i]) > 0.05][:3]
+        out.append((rows[i]["track_id"], float(score[i]), reasons))
+    return out
+
+
+async def test_zero_shot_search_matches_a_plain_recomputation(open_sidecar, copy_library):
+    sc = await open_sidecar(copy_library)
+    zs = sc.text.zero_shot
+    ids = sc.store.mirrors["musicnn"].ids
+    for i, t in enumerate(ids[:6]):  # the excerpts carry no tags: give some tracks a genre, artist and album
+        sc.catalog._q("UPDATE tracks SET genre = ?, artist = ?, album = ? WHERE track_id = ?",
+                      ("Chiptune" if i < 3 else "Baroque", f"Composer {i % 2}", "Winter Songs" if i % 3 else None, t))
+    for prompt, negatives in PROMPTS + [("chiptune", []), ("baroque winter songs", ["composer 1"])]:
+        for attempt in range(2):  # the second time from the caches (clause vectors, concept scores)
+            got, _ = zs.search(prompt, negatives, limit=20)
+            want = reference_search(sc, prompt, negatives, 20)
+            assert [g.track_id for g in got] == [w[0] for w in want], (prompt, attempt)
+            assert [g.score for g in got] == pytest.approx([w[1] for w in want], abs=1e-5)
+            assert [g.reasons for g in got] == [w[2] for w in want]
+    assert "metadata" in zs.search("chiptune", [], 1)[0][0].reasons  # the metadata path was tested too
+    clauses = ["calm orchestral", "vocals", "dark ambient"]  # cached vectors are the encoder's
+    assert np.allclose(zs.clause_vectors(clauses), sc.text.encoder.encode(clauses), atol=1e-5)
+
+
+async def test_text_index_follows_writes_from_this_and_other_connections(open_sidecar, copy_library):
+    sc = await open_sidecar(copy_library)
+    req = TextRecommendationRequest(text="chiptune", method="tags", limit=1)
+    stamp = sc.catalog.analysis_stamp()
+    sc.text.recommend(req)
+    assert sc.catalog.analysis_stamp() == stamp  # reads change nothing
+    first, second = sc.store.mirrors["musicnn"].ids[:2]
+    later = "(SELECT MAX(updated_at) + 1 FROM tracks)"  # as the catalog stamps a change: now
+    sc.catalog._q(f"UPDATE tracks SET genre = 'Chiptune', updated_at = {later} WHERE track_id = ?", (first,))
+    assert sc.catalog.analysis_stamp() != stamp
+    assert sc.text.recommend(req).tracks[0].track_id == first
+    with sqlite3.connect(copy_library / "catalog.sqlite3") as other:  # e.g. another process on the same file
+        other.execute(f"UPDATE tracks SET genre = NULL, updated_at = {later} WHERE track_id = ?", (first,))
+        other.execute(f"UPDATE tracks SET genre = 'Chiptune', updated_at = {later} WHERE track_id = ?", (second,))
+    other.close()
+    assert sc.text.recommend(req).tracks[0].track_id == second
+
+
+def test_top_k_is_a_stable_full_sort_cut_short():
+    rng = np.random.default_rng(0)
+    for n, k in [(1000, 25), (1000, 1), (30, 25), (25, 25), (10, 25)]:
+        for values in (rng.random(n), rng.integers(0, 5, n).astype(np.float32), np.zeros(n)):  # many ties, all tied
+            assert top_k(values, k).tolist() == np.argsort(-values, kind="stable")[:k].tolist()
+
+
+async def test_mirror_serves_reads_and_writes_still_reach_milvus(open_sidecar, copy_library):
+    from sidecar.store import collection_name
+
+    sc = await open_sidecar(copy_library)
+    store, mirror = sc.store, sc.store.mirrors["musicnn"]
+    assert store.client.get_load_state(collection_name("musicnn"))["state"].name == "NotLoad"  # the mirror serves reads
+    new = "f" * 32
+    store.upsert("musicnn", [(new, np.arange(200, dtype=np.float32), "h")])
+    gone = mirror.ids[0]
+    store.delete("musicnn", [gone])
+    assert store.search("musicnn", np.arange(200, dtype=np.float32), 1)[0][0] == new
+    store.client.load_collection(collection_name("musicnn"))  # Milvus, the store of record, holds the same
+    rows = store.client.query(collection_name("musicnn"), filter="", output_fields=["track_id", "vector"], limit=1000)
+    assert sorted(r["track_id"] for r in rows) == sorted(mirror.ids) and new in mirror.ids and gone not in mirror.ids
+    assert all(np.array_equal(np.array(r["vector"], np.float32), mirror.get([r["track_id"]])[r["track_id"]]) for r in rows)
+
+
+def test_mirror_grows_again_after_compacting():
+    from sidecar.store import Mirror
+
+    m = Mirror(4)
+    m.compact()  # empty: no spare rows left
+    vectors = np.random.default_rng(0).standard_normal((3000, 4)).astype(np.float32)
+    m.put([f"t{i}" for i in range(1500)], vectors[:1500])
+    m.compact()
+    assert m._mat.shape == (1500, 4)
+    m.put([f"t{i}" for i in range(1500, 3000)], vectors[1500:])
+    assert np.array_equal(m.matrix, vectors)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert np.allclose(m.similarities(vectors[7]), unit @ unit[7], atol=1e-6)  # the norms kept in step too
