@@ -124,7 +124,6 @@ class LiteServer:
     """
 
     def __init__(self, path: Path):
-        from milvus_lite.adapter.grpc.server import _build_server
         from milvus_lite.db import MilvusLite
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +137,7 @@ class LiteServer:
         try:
             self.folder = _private_folder(path.parent / ".milvus-lite")
             socket = self.folder / "grpc.sock"
-            self.server = _build_server(self.db, 8)  # what Lite's own start-up builds, bound elsewhere
+            self.server = _grpc_server(self.db)
             if not self.server.add_insecure_port(f"unix:{socket}"):
                 raise StoreError(f"cannot listen on the Unix socket {socket} for {path}")
             self.server.start()
@@ -155,6 +154,27 @@ class LiteServer:
                 log.debug("closing Milvus Lite", exc_info=True)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _grpc_server(db):
+    """Lite's gRPC service over `db`, as Lite builds it, plus a keepalive policy that admits pymilvus's pings
+    (every 10 s, even when idle): with gRPC's default policy the server answers them with GOAWAY
+    "too_many_pings", and a call in flight at that moment fails."""
+    from concurrent import futures
+
+    import grpc
+    from milvus_lite.adapter.grpc.servicer import MilvusServicer
+    from pymilvus.grpc_gen import milvus_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+        ("grpc.max_receive_message_length", 256 << 20),
+        ("grpc.max_send_message_length", 256 << 20),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ])
+    milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(db), server)
+    return server
 
 
 def _private_folder(wanted: Path) -> Path:

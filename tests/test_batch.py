@@ -67,8 +67,9 @@ async def test_reembed_over_http_progress_cancel_and_search_throughout(open_side
 
 
 def test_cli_replay_shows_progress_and_resumes_after_sigkill(analysed_library, copy_library):
-    env = dict(os.environ, SIDECAR_PORT="1", PYTHONUNBUFFERED="1", COLUMNS="120")
-    args = [sys.executable, "-m", "sidecar.cli", "replay", "--models", "dsp",
+    # both models on one worker: long enough (some seconds) to be caught mid-run by the 3-second progress lines
+    env = dict(os.environ, SIDECAR_PORT="1", SIDECAR_INGEST_WORKERS="1", PYTHONUNBUFFERED="1", COLUMNS="120")
+    args = [sys.executable, "-m", "sidecar.cli", "replay", "--models", "musicnn,dsp",
             "--music-dir", str(analysed_library["music"]), "--data-dir", str(copy_library)]
     log = copy_library / "replay.log"
     with open(log, "wb") as out:

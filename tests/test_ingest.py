@@ -22,7 +22,12 @@ async def until_idle(sc: Sidecar, timeout: float = 120, processed: int = 0) -> N
     from the last fetch, so right after a publish the bus can look idle: count what was sent.)"""
     deadline = time.monotonic() + timeout
     while sc.worker.stats.processed < processed or not await sc.is_idle():
-        assert time.monotonic() < deadline, f"ingest did not finish: {sc.worker.stats}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"ingest did not finish: {sc.worker.stats}; lag {await sc.lag()}, reconciled {sc.reconciled.is_set()}, "
+                f"idle {sc.idle.is_set()}, watcher busy {bool(sc.watcher and sc.watcher.busy)}, "
+                f"{len(await sc.bus.dead_letters())} dead letters"
+            )
         await asyncio.sleep(0.1)
 
 

@@ -122,7 +122,13 @@ class KafkaBus(EventBus):
 
     async def _start_consumer(self, *topics: str, **options: Any) -> AIOKafkaConsumer:
         async def attempt() -> AIOKafkaConsumer:
-            consumer = AIOKafkaConsumer(*topics, bootstrap_servers=self.bootstrap, client_id=self.client_id, **options)
+            # room to fetch a message somewhat over the limit (another producer's), so that it can be read and
+            # dead-lettered rather than leave its partition stuck behind it
+            room = 2 * self.max_event_bytes + (64 << 10)
+            sizes = {"max_partition_fetch_bytes": room, "fetch_max_bytes": max(room, 50 << 20)}
+            consumer = AIOKafkaConsumer(
+                *topics, bootstrap_servers=self.bootstrap, client_id=self.client_id, **{**sizes, **options}
+            )
             try:
                 await consumer.start()
             except BaseException:
