@@ -810,10 +810,9 @@ def _artist_index(sc: "Sidecar", model: str) -> ArtistIndex:
             idx.writes = writes
             return idx
         rows = catalog._q("SELECT track_id, artist, title FROM tracks WHERE artist IS NOT NULL AND TRIM(artist) != ''")
-        with sc.store._lock:  # one copy of the rows needed, not one small array per track
-            mirror = sc.store.mirrors[model]
-            rows = [r for r in rows if r["track_id"] in mirror.pos]
-            raw = mirror.matrix[[mirror.pos[r["track_id"]] for r in rows]]
+        have, raw = sc.store.stacked(model, [r["track_id"] for r in rows])
+        kept = set(have)
+        rows = [r for r in rows if r["track_id"] in kept]
         names: list[str] = []
         by_key: dict[str, int] = {}
         member_lists: list[list[int]] = []

@@ -319,6 +319,14 @@ class VectorStore:
         with self._lock:
             return self.mirrors[model].get(list(track_ids))
 
+    def stacked(self, model: str, track_ids: list[str]) -> tuple[list[str], np.ndarray]:
+        """Those of `track_ids` the model has, in their order, and their vectors as one (n, dim) array (a copy):
+        for many tracks at once, where get_vectors would make an array each."""
+        with self._lock:
+            m = self.mirrors[model]
+            have = [t for t in track_ids if t in m.pos]
+            return have, m.matrix[[m.pos[t] for t in have]]
+
     def search(self, model: str, vector: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
         """(track_id, cosine similarity), best first; exact."""
         with self._lock:
