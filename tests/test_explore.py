@@ -463,7 +463,7 @@ class _Store:
     """VectorStore's reads (which use only its lock and mirrors) over a real Mirror, without Milvus: this
     measures our code."""
 
-    get_vectors, search, similarities = VectorStore.get_vectors, VectorStore.search, VectorStore.similarities
+    get_vectors, stacked, search, similarities = VectorStore.get_vectors, VectorStore.stacked, VectorStore.search, VectorStore.similarities
 
     def __init__(self, ids, vectors):
         self._lock = threading.Lock()
