@@ -93,7 +93,7 @@ _NEG_WORDS = r"(?:no|not|without|avoid|except|minus|nothing|non|none|never)"
 _SPLIT = re.compile(r"\s*([,;/.!?]|\bbut\b|\band\b|\bwith\b|\bplus\b|\bor\b|\bnor\b)\s*", re.I)
 _NEG_START = re.compile(rf"^{_NEG_WORDS}\b[\s-]*(?:too\s+|any\s+|more\s+|much\s+|so\s+)?", re.I)
 _BOUNDARY = r"(?=\s*(?:[,;.!?]|$)|\s+(?:from|in|with|without|around|about|at|no|but|and\s+no|that|which|for|near|over|under|between)\b)"
-_NAME = r"(?:\"(?P<q1>[^\"]+)\"|“(?P<q2>[^”]+)”|'(?P<q3>[^']+)'|(?P<bare>[^,;.!?\"“]+?))"
+_NAME = r"(?:\"(?P<q1>[^\"]+)\"|“(?P<q2>[^”]+)”|'(?P<q3>[^']+)'|(?P<bare>[^\s,;.!?\"“][^,;.!?\"“]*?))"
 _ALBUM = re.compile(rf"\b(?:(?:from|off|on)\s+(?:the\s+)?(?:album|record|lp)|album)\s+{_NAME}(?:{_BOUNDARY}|(?=\s+by\b))", re.I)
 _NOT_ARTIST = r"(?<!driven )(?<!led )(?<!inspired )(?<!influenced )(?<!followed )(?<!backed )(?<!accompanied )(?<!powered )(?<!carried )(?<!dominated )"
 _ARTIST = re.compile(rf"{_NOT_ARTIST}\bby\s+(?:the\s+(?:artist|band)\s+)?{_NAME}{_BOUNDARY}", re.I)
@@ -324,7 +324,7 @@ def parse_instant(text: str) -> Parsed:
     q["exclude_text"] = list(dict.fromkeys(t[:100] for t in q["exclude_text"]))[:10]
     for k in ("artist", "album"):
         if k in q:
-            q[k] = q[k][:200]
+            q[k] = q[k][:200].strip() or None  # a quoted blank ("by ' '") names nothing
     return Parsed(InstantQuery.model_validate(q), notes)
 
 

@@ -1,5 +1,5 @@
 """The ingest speed-ups keep the numbers: the patch budget stays within the cosine bound of the whole-track
-analysis, its patches are exactly the whole analysis's, the fast front end equals the literal graph order,
+analysis, its patches are the whole analysis's (to float16 rounding), the fast front end equals the literal graph order,
 and the faster stereo mix leaves the decoded samples (and so the content hash) as they were.
 
 Real full-length tracks from the demo library; scripts/bench_ingest.py measures the same over 59 tracks.
@@ -53,14 +53,20 @@ def test_spread_picks_the_middle_of_equal_spans():
     assert len(set(picked.tolist())) == 24 and picked.min() >= 0 and picked.max() < 81
 
 
-def test_budgeted_patches_are_exactly_the_whole_analysis_patches(long_tracks):
+def test_budgeted_patches_are_the_whole_analysis_patches(long_tracks):
+    # The budgeted path computes each patch's mel from its own span, so the FFTs run in another order: the
+    # float32 sums may differ in the last bit, and a last-bit change can round the float16 cast (the
+    # package's own step) one float16 step the other way, 2e-4 after the log. A wrong patch or frame
+    # offset differs by whole units, so a tolerance of 1e-3 on a few values still catches it.
     for y in long_tracks:
         whole = audio_to_patches(y)
         for budget in (1, 7, PATCHES):
             part = audio_to_patches(y, budget)
+            expected = whole[spread(len(whole), budget)]
             assert part.shape == (budget, PATCH_FRAMES, 96)
-            np.testing.assert_array_equal(part, whole[spread(len(whole), budget)])
-        np.testing.assert_array_equal(audio_to_patches(y, len(whole) + 5), whole)
+            np.testing.assert_allclose(part, expected, rtol=0, atol=1e-3)
+            assert np.mean(part != expected) < 1e-3  # almost every value is bit-identical
+        np.testing.assert_array_equal(audio_to_patches(y, len(whole) + 5), whole)  # no budget: the same code path
 
 
 def test_budgeted_vector_is_within_the_cosine_bound_of_the_whole_track(musicnn, long_tracks):
