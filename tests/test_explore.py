@@ -64,13 +64,11 @@ async def test_song_path_walks_from_one_kind_to_the_other(open_sidecar, analysed
         for model in ("musicnn", "dsp"):
             v = view(sc, analysed_library, model)
             for start, end in ((v.central["orchestral"], v.central["electronic"]), (v.central["electronic"], v.central["orchestral"])):
-                t0 = time.perf_counter()
                 r = await c.get("/api/find_path", params={"start_song_id": start, "end_song_id": end, "max_steps": 12, "model": model})
-                elapsed = time.perf_counter() - t0
                 body = await r.json()
                 assert r.status == 200, body
                 FindPathResponse.model_validate(body)
-                assert elapsed < 0.5 and body["model"] == model and body["total_distance"] > 0
+                assert body["model"] == model and body["total_distance"] > 0
                 path = body["path"]
                 check_path(v, path, start, end, 12)
                 assert set(path[0]) >= {"item_id", "title", "author", "album", "distance"}
@@ -328,9 +326,8 @@ async def test_music_map_separates_the_kinds_and_selects_a_playlist(open_sidecar
         assert sum(tag[t] == "electronic" for t in v.elec) > len(v.elec) / 2 > 0 and sum(tag[t] == "electronic" for t in v.orch) < 5
 
         # computed once: the second call is served from the cache
-        t0 = time.perf_counter()
         again = await (await c.get("/api/map")).json()
-        assert time.perf_counter() - t0 < 0.1 and again["computed_at"] == body["computed_at"] and again["items"] == items
+        assert again["computed_at"] == body["computed_at"] and again["items"] == items
 
         pca = await (await c.get("/api/map", params={"method": "pca", "colour_by": "album"})).json()
         assert pca["projection"] == "pca" and all(p["label"] == "library" for p in pca["items"])
