@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from sidecar.textsearch import DESCRIPTORS, MSD_TAGS
+from sidecar.text.zero_shot import DESCRIPTORS, MSD_TAGS
 
 RANGE_FEATURES = (
     "tempo_bpm", "energy", "loudness_db", "brightness", "percussiveness", "dynamics_db", "pulse_clarity", "onset_rate", "key_strength",

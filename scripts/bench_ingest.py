@@ -98,7 +98,7 @@ def reference(tracks: list[Path], models_dir: Path, db: Path) -> dict:
     from plugins.embedders.musicnn import weights_path
     from plugins.embedders.musicnn.model import MusicnnMSD, load_state
     from plugins.embedders.musicnn.preprocess import SAMPLE_RATE, log_mel, to_patches
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_state(MusicnnMSD(), load_file(str(weights_path(models_dir)))).requires_grad_(False)
@@ -189,8 +189,8 @@ def service_stages(tracks: list[Path], models_dir: Path, db: Path, musicnn_optio
     from plugins.embedders.dsp import DspEmbedder
     from plugins.embedders.musicnn import MusicnnEmbedder
     from plugins.embedders.musicnn.preprocess import audio_to_patches
-    from sidecar.audio import decode
-    from sidecar.store import VectorStore
+    from sidecar.pipeline.audio import decode
+    from sidecar.data.store import VectorStore
 
     musicnn, dsp = MusicnnEmbedder(), DspEmbedder()
     musicnn.configure(musicnn_options)

@@ -49,7 +49,7 @@ def analyse(music: Path, data: Path, models_dir: Path) -> None:
 
 def add_synthetic(data: Path, n: int, seed: int = 0) -> None:
     """n tracks with clustered vectors around the real ones, written into the catalog and Milvus directly."""
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
     rng = np.random.default_rng(seed)
     ids = [f"{i:032x}" for i in range(n)]

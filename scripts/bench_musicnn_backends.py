@@ -39,7 +39,7 @@ def default_excerpts() -> list[Path]:
 
 def patches_of(path: Path) -> np.ndarray:
     from plugins.embedders.musicnn.preprocess import audio_to_patches
-    from sidecar.audio import decode
+    from sidecar.pipeline.audio import decode
 
     return audio_to_patches(decode(path).at(16000))
 

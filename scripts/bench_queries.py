@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_library(data: Path, n: int, seed: int = 0) -> None:
-    from sidecar.catalog import Catalog
-    from sidecar.store import VectorStore
-    from sidecar.textsearch import MSD_TAGS
+    from sidecar.data.catalog import Catalog
+    from sidecar.data.store import VectorStore
+    from sidecar.text.zero_shot import MSD_TAGS
 
     rng = np.random.default_rng(seed)
     clusters = max(8, n // 500)
@@ -96,7 +96,7 @@ async def measure(data: Path, requests: int, embedders: list[str], reference: bo
 
     from sidecar.config import Settings
     from sidecar.service import Sidecar
-    from sidecar.store import collection_name
+    from sidecar.data.store import collection_name
 
     t0 = time.perf_counter()
     sc = Sidecar(Settings(music_dir=[], data_dir=data, port=_free_port(), reconcile_interval_s=0, embedders=embedders))

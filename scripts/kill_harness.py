@@ -39,8 +39,8 @@ def post(sc: SidecarProcess, path: str, body: dict) -> dict:
 
 def check(sc: SidecarProcess, music: Path, data: Path) -> dict:
     """Settle, stop cleanly, then count what is stored."""
-    from sidecar.catalog import Catalog
-    from sidecar.store import VectorStore
+    from sidecar.data.catalog import Catalog
+    from sidecar.data.store import VectorStore
 
     status = sc.wait_idle(timeout=300)
     while True:  # a resumed re-embed must finish too

@@ -98,9 +98,9 @@ from aiohttp import web
 from schemas.clustering import (
     ClusteringConflict, ClusteringJob, ClusteringJobList, ClusteringStart, ClusterPlaylist, ClusterTrack, Progress, TagScore,
 )
-from sidecar.api import ApiError, json_response, parse_body, sidecar_of
-from sidecar.openapi import documented
-from sidecar.textsearch import MSD_TAGS
+from sidecar.http.common import ApiError, json_response, parse_body, sidecar_of
+from sidecar.http.openapi import documented
+from sidecar.text.zero_shot import MSD_TAGS
 
 if TYPE_CHECKING:
     from sidecar.service import Sidecar

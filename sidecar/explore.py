@@ -42,13 +42,13 @@ from schemas.explore import (
     MapSelection, MapSelectionResponse, SearchTrack, SearchTracksQuery, SeedTrack, SelectedTrack, SimilarArtist,
     MapResponse, SimilarArtistsQuery, SongRef, TagScore,
 )
-from sidecar.api import ApiError, json_response, parse_body, parse_query, sidecar_of
-from sidecar.openapi import documented
+from sidecar.http.common import ApiError, json_response, parse_body, parse_query, sidecar_of
+from sidecar.http.openapi import documented
 
 if TYPE_CHECKING:
-    from sidecar.catalog import Catalog
+    from sidecar.data.catalog import Catalog
     from sidecar.service import Sidecar
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -54,12 +54,12 @@ from schemas.api import TextRecommendationRequest
 from schemas.instant import (
     RANGE_FEATURES, FeatureRange, InstantPlaylist, InstantQuery, InstantRequest, InstantTrack,
 )
-from sidecar.api import ApiError, json_response, parse_body, sidecar_of
-from sidecar.openapi import documented
-from sidecar.textsearch import DESCRIPTORS, FEATURES, MSD_TAGS, TAG_CONCEPTS, VOCAL_TAGS, _concept_score, percentiles
+from sidecar.http.common import ApiError, json_response, parse_body, sidecar_of
+from sidecar.http.openapi import documented
+from sidecar.text.zero_shot import DESCRIPTORS, FEATURES, MSD_TAGS, TAG_CONCEPTS, VOCAL_TAGS, _concept_score, percentiles
 
 if TYPE_CHECKING:
-    from sidecar.catalog import Catalog
+    from sidecar.data.catalog import Catalog
     from sidecar.service import Sidecar
 
 log = logging.getLogger(__name__)

@@ -41,11 +41,11 @@ from schemas.api import Accepted
 from schemas.mediaserver import (
     MediaServerStatus, NavidromeWebhook, PlaylistInfo, PlaylistList, PlaylistRequest, PlaylistResult, PlaylistsQuery, WebhookResult,
 )
-from sidecar.api import ApiError, json_response, parse_body, parse_query, sidecar_of
-from sidecar.openapi import documented
+from sidecar.http.common import ApiError, json_response, parse_body, parse_query, sidecar_of
+from sidecar.http.openapi import documented
 
 if TYPE_CHECKING:
-    from sidecar.catalog import Catalog
+    from sidecar.data.catalog import Catalog
     from sidecar.service import Sidecar
 
 log = logging.getLogger(__name__)
@@ -766,7 +766,7 @@ class MediaServerService:
     # ---- playlists
     async def write_playlist(self, req: PlaylistRequest) -> tuple[PlaylistResult, bool]:
         """Create or replace the playlist on the server; returns (result, created)."""
-        from sidecar.engine import RecommendError
+        from sidecar.recommend.engine import RecommendError
 
         catalog = self.sc.catalog
         warnings: list[str] = []
@@ -942,7 +942,7 @@ def _server_error(e: MediaServerError) -> ApiError:
 @documented("A library event from Navidrome (scan finished...)", body=NavidromeWebhook, response=WebhookResult, responses={202: WebhookResult}, tag="webhooks")
 async def navidrome_webhook(request: web.Request) -> web.Response:
     """A scan finished (or another library event) on the server: reconcile the music folders.
-    (The shared secret is checked for every webhook by sidecar.access.)"""
+    (The shared secret is checked for every webhook by sidecar.http.access.)"""
     hook = await parse_body(request, NavidromeWebhook)
     sc = sidecar_of(request)
     media = getattr(sc, "media", None)

@@ -7,27 +7,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from schemas.events import ReplayRequested
-from sidecar.bus import EventBus
-from sidecar.bus import make_bus
-from sidecar.catalog import Catalog
+from sidecar.pipeline.bus import EventBus
+from sidecar.pipeline.bus import make_bus
+from sidecar.data.catalog import Catalog
 from sidecar.config import Settings
-from sidecar.ingest import IngestWorker
+from sidecar.pipeline.ingest import IngestWorker
 from sidecar.plugins import LoadedEmbedders, load_embedders
-from sidecar.sources import FolderWatcher, Reconciler
-from sidecar.store import VectorStore
+from sidecar.pipeline.sources import FolderWatcher, Reconciler
+from sidecar.data.store import VectorStore
 
 log = logging.getLogger(__name__)
 
 
 class SidecarError(RuntimeError):
     """A start-up problem the user must fix; the message says what."""
-
-
-class ReplayBusy(RuntimeError):
-    def __init__(self, replay_id: str):
-        super().__init__(f"replay {replay_id} is running; cancel it or wait for it")
-        self.replay_id = replay_id
 
 
 class Sidecar:
@@ -83,7 +76,7 @@ class Sidecar:
         except Exception as e:
             raise SidecarError(str(e)) from None
         await asyncio.to_thread(self._open_text)
-        from sidecar.engine import Engine
+        from sidecar.recommend.engine import Engine
 
         self.engine = Engine(self.catalog, self.store, self.embedders, self.text)
         self.bus = make_bus(s)
@@ -98,9 +91,9 @@ class Sidecar:
         )
 
     def _open_text(self) -> None:
-        from sidecar.plugin_api import EmbedderUnavailable
+        from sidecar.plugins import EmbedderUnavailable
         from sidecar.plugins import load_text_encoder
-        from sidecar.textrec import TextRecommender
+        from sidecar.text.recommender import TextRecommender
 
         s = self.settings
         try:
@@ -121,14 +114,14 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self._consume(), name="ingest"))
         if self.roots:
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
-        self.worker.resume_replays()
+        self.worker.replays.resume()
         if s.media_server_url:
             from sidecar.mediaserver import MediaServerService
 
             self.media = MediaServerService(self)
             await self.media.start()  # returns at once; a server that is down is retried in the background
         if http:
-            from sidecar.api import make_app
+            from sidecar.http.app import make_app
 
             # max_line_size: a query at its documented limits, in 4-byte characters percent-encoded (12 bytes
             # each), is about 21 kB; aiohttp's default (8 kB) would refuse it before the API could answer
@@ -166,15 +159,6 @@ class Sidecar:
                 return
             await asyncio.sleep(interval)
 
-    async def request_replay(self, models: list[str], scope: str | None = None, source: str = "operator"):
-        """Start a re-embed now (one at a time: ReplayBusy names the running one) and log the request on the bus."""
-        running = self.worker.running_replay()
-        if running is not None:
-            raise ReplayBusy(running.replay_id)
-        event = ReplayRequested(models=models, scope=scope, source=source)
-        await self.bus.publish(event)
-        return self.worker.start_replay(event)
-
     async def lag(self) -> int:
         """Events not yet processed by the ingest consumer; -1 while it is (re)connecting."""
         try:
@@ -198,7 +182,7 @@ class Sidecar:
         if self.watcher is not None:
             await self.watcher.stop()
         if self.worker is not None:
-            await self.worker.stop_replays()
+            await self.worker.replays.stop()
         from sidecar.clustering import jobs_of
 
         jobs_of(self).cancel_all()

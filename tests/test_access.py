@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from sidecar.access import access_control
-from sidecar.api import SIDECAR, ApiError, make_app
+from sidecar.http.access import access_control
+from sidecar.http.app import make_app
+from sidecar.http.common import SIDECAR, ApiError
 from sidecar.config import Settings
 
 TOKEN, SECRET = "t0ken-that-must-not-leak", "s3cret-that-must-not-leak"

@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.events import TrackUpserted
 from sidecar import metrics
-from sidecar.api import make_app
-from sidecar.audio import DecodeError, decode
+from sidecar.http.app import make_app
+from sidecar.pipeline.audio import DecodeError, decode
 from sidecar.config import Settings
 from sidecar.service import Sidecar
 from tests.kafka_broker import unique_name
@@ -250,7 +250,7 @@ async def test_the_corpus_through_the_watcher(sidecars, music_dir, tmp_path, gen
 
 
 async def test_a_file_deleted_between_its_event_and_its_decode_is_passed_over(sidecars, music_dir, excerpts, tmp_path):
-    from sidecar.bus.embedded import EmbeddedBus
+    from sidecar.pipeline.bus.embedded import EmbeddedBus
 
     missing = metrics.SKIPPED.labels("missing")._value.get()
     doomed, after = music_dir / "doomed.ogg", music_dir / "after.ogg"
@@ -297,7 +297,7 @@ def test_each_decode_is_bounded_by_the_audio_not_by_the_header(tmp_path, genre_e
 async def test_malformed_and_oversized_kafka_messages_become_dead_letters(sidecars, music_dir, excerpts, kafka_bootstrap):
     from aiokafka import AIOKafkaProducer
 
-    from sidecar.bus.base import EventTooLargeError
+    from sidecar.pipeline.bus.base import EventTooLargeError
 
     sc = await sidecars(
         music_dir, bus="kafka", kafka_bootstrap=kafka_bootstrap, kafka_topic=unique_name("library"),

@@ -14,8 +14,8 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.api import make_app
-from sidecar.store import VectorStore
+from sidecar.http.app import make_app
+from sidecar.data.store import VectorStore
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,6 @@ Each test gets a fresh log file or fresh topics, and fresh group names.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.events import TrackRemoved, TrackUpserted, decode_event
-from sidecar.bus import Delivery, EventBus, make_bus
-from sidecar.bus.embedded import EmbeddedBus
+from sidecar.pipeline.bus import Delivery, EventBus, make_bus
+from sidecar.pipeline.bus.embedded import EmbeddedBus
 from tests.kafka_broker import KAFKA_TEST_CONSUMER_OPTIONS, unique_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ def new_bus(request, tmp_path):
     if request.param == "embedded":
         path = tmp_path / "events.sqlite3"
         return lambda: EmbeddedBus(path, poll_interval_s=0.1)
-    from sidecar.bus.kafka import KafkaBus
+    from sidecar.pipeline.bus.kafka import KafkaBus
 
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     topic, dead = unique_name("library"), unique_name("library-dead")
@@ -320,7 +319,7 @@ async def test_events_and_commits_survive_reopening_the_bus(new_bus, group):
 _PUBLISH_SCRIPT = """
 import asyncio, os, signal, sys
 from schemas.events import TrackUpserted
-from sidecar.bus.embedded import EmbeddedBus
+from sidecar.pipeline.bus.embedded import EmbeddedBus
 
 async def main():
     bus = EmbeddedBus(sys.argv[1])
@@ -384,7 +383,7 @@ async def test_embedded_consumer_wakes_on_in_process_publish(tmp_path, group):
 
 
 def test_make_bus_picks_the_configured_bus(tmp_path):
-    from sidecar.bus.kafka import KafkaBus
+    from sidecar.pipeline.bus.kafka import KafkaBus
     from sidecar.config import Settings
 
     embedded = make_bus(Settings(data_dir=tmp_path))
@@ -395,7 +394,7 @@ def test_make_bus_picks_the_configured_bus(tmp_path):
 
 
 async def test_kafka_unreachable_broker_gives_a_clear_error():
-    from sidecar.bus.kafka import KafkaBus
+    from sidecar.pipeline.bus.kafka import KafkaBus
 
     with socket_closed_port() as port:
         bus = KafkaBus(f"127.0.0.1:{port}", "t", "d", connect_timeout_s=1.0)

@@ -142,7 +142,7 @@ async def wait_for(client, job_id: str, until: set[str], timeout: float = 60.0) 
 
 @pytest.mark.slow
 async def test_clustering_separates_orchestral_from_electronic(open_sidecar, analysed_library):
-    from sidecar.api import make_app
+    from sidecar.http.app import make_app
 
     sc = await open_sidecar()
     kinds = analysed_library["kinds"]
@@ -188,7 +188,7 @@ async def test_clustering_separates_orchestral_from_electronic(open_sidecar, ana
 
 @pytest.mark.slow
 async def test_a_long_run_reports_progress_refuses_a_second_start_and_cancels_promptly(open_sidecar):
-    from sidecar.api import make_app
+    from sidecar.http.app import make_app
 
     sc = await open_sidecar()
     async with TestClient(TestServer(make_app(sc))) as client:
@@ -228,7 +228,7 @@ async def test_a_long_run_reports_progress_refuses_a_second_start_and_cancels_pr
 
 @pytest.mark.slow
 async def test_bad_clustering_requests_are_400_naming_the_field(open_sidecar):
-    from sidecar.api import make_app
+    from sidecar.http.app import make_app
 
     sc = await open_sidecar()
     async with TestClient(TestServer(make_app(sc))) as client:

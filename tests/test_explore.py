@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.explore import AlchemyResponse, FindPathResponse, FingerprintResponse, MapResponse, SimilarArtist
-from sidecar.api import make_app
+from sidecar.http.app import make_app
 
 DAY = 86400.0
 
@@ -453,7 +453,7 @@ async def test_similar_artists_and_track_search(open_sidecar, analysed_library, 
 
 
 # ----------------------------------------------------------------------------------- speed at 10k tracks
-from sidecar.store import Mirror, VectorStore  # noqa: E402
+from sidecar.data.store import Mirror, VectorStore  # noqa: E402
 
 
 class _Store:
@@ -483,7 +483,7 @@ def test_every_endpoint_answers_within_50_ms_at_10k_tracks(tmp_path):
     import asyncio
 
     from plugins.embedders.musicnn import MSD_TAGS
-    from sidecar.catalog import Catalog
+    from sidecar.data.catalog import Catalog
 
     n, dim = 10_000, 200
     rng = np.random.default_rng(0)

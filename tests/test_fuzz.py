@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from sidecar.api import make_app
+from sidecar.http.app import make_app
 from sidecar.config import Settings
-from sidecar.openapi import build
+from sidecar.http.openapi import build
 from tests.sidecar_process import SidecarProcess
 from tests.supysonic_server import start_supysonic
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import mutagen
 import pytest
 
-from schemas.events import ReplayRequested, ScanCompleted, TrackUpserted
+from schemas.events import ScanCompleted, TrackUpserted
 from sidecar import metrics
 from sidecar.config import Settings
 from sidecar.service import Sidecar
@@ -145,9 +145,9 @@ async def test_replay_reembeds_each_track_once_and_keeps_one_vector_per_model(ru
     dsp_before = metrics.EMBEDDED.labels("dsp")._value.get()
 
     before_n = sc.worker.stats.processed
-    await sc.request_replay(["dsp"])
+    await sc.worker.replays.request(["dsp"])
     await until_idle(sc, processed=before_n + 1)
-    await sc.worker.wait_replays()
+    await sc.worker.replays.wait()
     after = model_rows(sc)
     assert {t for t, _ in after} == tracks
     for t in tracks:
@@ -203,8 +203,8 @@ def test_replay_from_the_cli_checks_its_arguments(tmp_path):
 
 def test_a_model_failure_is_retried_with_backoff_but_unusable_audio_is_not(excerpts):
     from plugins.embedders.dsp import DspEmbedder
-    from sidecar.audio import decode
-    from sidecar.ingest import MODEL_ATTEMPTS, IngestWorker
+    from sidecar.pipeline.audio import decode
+    from sidecar.pipeline.handlers import MODEL_ATTEMPTS, EventHandlers
     from sidecar.plugins import LoadedEmbedders
 
     class FailsOnce(DspEmbedder):  # the real DSP analysis behind a passing fault
@@ -223,11 +223,11 @@ def test_a_model_failure_is_retried_with_backoff_but_unusable_audio_is_not(excer
             Refuses.calls += 1
             raise ValueError("this audio is of no use to me")
 
-    worker = IngestWorker(None, None, None, LoadedEmbedders(ready={"dsp": FailsOnce(), "other": Refuses()}), [])
+    handlers = EventHandlers(None, None, LoadedEmbedders(ready={"dsp": FailsOnce(), "other": Refuses()}), [])
     try:
-        out = worker._embed(decode(excerpts[0]), ["dsp", "other"])
+        out = handlers.embed(decode(excerpts[0]), ["dsp", "other"])
     finally:
-        worker.close()
+        handlers.close()
     result, _, error = out["dsp"]
     assert error is None and len(result.vector) == 52 and FailsOnce.calls == 2
     assert out["other"][0] is None and "of no use" in out["other"][2] and Refuses.calls == 1 < MODEL_ATTEMPTS

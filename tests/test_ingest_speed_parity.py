@@ -14,8 +14,8 @@ import torch
 from plugins.embedders.musicnn import PATCHES, MusicnnEmbedder, weights_path
 from plugins.embedders.musicnn.model import MusicnnMSD, load_state
 from plugins.embedders.musicnn.preprocess import PATCH_FRAMES, audio_to_patches, spread
-from sidecar.audio import decode
-from sidecar.plugin_api import EmbedderUnavailable
+from sidecar.pipeline.audio import decode
+from sidecar.plugins import EmbedderUnavailable
 
 COSINE_BOUND = 0.99  # issue 8: the track vector within cosine 0.99 of full-track float32 analysis
 

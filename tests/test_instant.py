@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from schemas.instant import FeatureRange, InstantQuery
 from sidecar import instant
 from sidecar.instant import LlmConfig, llm_config, parse_instant
-from sidecar.textsearch import MSD_TAGS
+from sidecar.text.zero_shot import MSD_TAGS
 
 TEMPO_120 = {"feature": "tempo_bpm", "min": 110.0, "max": 130.0, "percentile": False}
 
@@ -117,7 +117,7 @@ def kinds_of(library, body) -> list[str]:
 
 @pytest.mark.slow
 async def test_instant_playlists_on_real_music(open_sidecar, analysed_library):
-    from sidecar.api import make_app
+    from sidecar.http.app import make_app
 
     sc = await open_sidecar()
     async with TestClient(TestServer(make_app(sc))) as client:
@@ -203,7 +203,7 @@ async def fake_llm():
 
 @pytest.mark.slow
 async def test_llm_fills_the_same_query_and_anything_else_falls_back(open_sidecar, analysed_library, fake_llm, monkeypatch):
-    from sidecar.api import make_app
+    from sidecar.http.app import make_app
 
     url, seen = fake_llm
     sc = await open_sidecar()

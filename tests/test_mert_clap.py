@@ -13,7 +13,7 @@ load -> embed` path:
   ClapFeatureExtractor (48 kHz, 10 s, 64 mel bins) and a RobertaTokenizer whose vocab.json / merges.txt
   come from a byte-level BPE trained here on a few sentences.
 
-Audio is real music (the `excerpts` fixture: 30-second OGG excerpts), decoded by sidecar.audio.
+Audio is real music (the `excerpts` fixture: 30-second OGG excerpts), decoded by sidecar.pipeline.audio.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidecar.plugin_api import EmbedderUnavailable
+from sidecar.plugins import EmbedderUnavailable
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -197,8 +197,8 @@ def mert(mert_checkpoint, tmp_path_factory) -> MertEmbedder:
 
 @pytest.fixture(scope="module")
 def clips(excerpts):
-    """Two real excerpts, decoded once (sidecar.audio.DecodedAudio; `.at(rate)` resamples)."""
-    from sidecar.audio import decode
+    """Two real excerpts, decoded once (sidecar.pipeline.audio.DecodedAudio; `.at(rate)` resamples)."""
+    from sidecar.pipeline.audio import decode
 
     return [decode(excerpts[0]), decode(excerpts[1])]
 
@@ -318,7 +318,7 @@ def test_mert_checkpoint_errors_name_the_setting(tmp_path, mert_checkpoint, monk
 
 
 def test_mert_vectors_go_into_milvus(mert, clips, tmp_path):
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
     sr = mert.sample_rate
     v1 = mert.embed(clips[0].at(sr)[: 10 * sr]).vector
@@ -474,7 +474,7 @@ def test_clap_checkpoint_errors_name_the_setting(tmp_path, clap_checkpoint):
 
 
 def test_clap_vectors_go_into_milvus(clap, clips, tmp_path):
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
     sr = clap.sample_rate
     v1 = clap.embed(clips[0].at(sr)[: 20 * sr]).vector

@@ -27,7 +27,7 @@ import torch
 from plugins.embedders import _torchaudio_compat as ta
 from plugins.embedders.music2latent import Music2LatentEmbedder
 from plugins.embedders.muq import MuqEmbedder, MuqMulanEmbedder, import_muq
-from sidecar.plugin_api import EmbedderUnavailable
+from sidecar.plugins import EmbedderUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 STAT = {"melspec_2048_mean": 6.768444971712967, "melspec_2048_std": 18.417922652295623}
@@ -48,7 +48,7 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def clips(excerpts) -> dict[int, list[np.ndarray]]:
     """Two real 30-s excerpts at 24 kHz and 44.1 kHz (decoded once)."""
-    from sidecar.audio import decode
+    from sidecar.pipeline.audio import decode
 
     decoded = [decode(p) for p in excerpts[:2]]
     return {sr: [d.at(sr) for d in decoded] for sr in (24_000, 44_100)}
@@ -533,7 +533,7 @@ def test_music2latent_missing_or_bad_checkpoint(tiny_m2l, tmp_path):
 
 def test_vectors_store_and_search_in_milvus(muq_dir, mulan_models, tiny_m2l, clips, tmp_path):
     """Real-clip vectors and segments of all three plugins go into Milvus Lite and come back as the best hit."""
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
     root, _ = mulan_models
     m2l_ckpt = save_m2l_checkpoint(tmp_path / "music2latent.pt", tiny_m2l)

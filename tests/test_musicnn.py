@@ -33,7 +33,7 @@ from plugins.embedders.musicnn.convert import (
 )
 from plugins.embedders.musicnn.model import MusicnnMSD, load_state
 from plugins.embedders.musicnn.preprocess import PATCH_FRAMES, audio_to_patches
-from sidecar.plugin_api import EmbedderUnavailable
+from sidecar.plugins import EmbedderUnavailable
 from tests.conftest import CACHE, MUSICNN_REFERENCE
 
 CLIPS = ("mix", "heavy", "soft")

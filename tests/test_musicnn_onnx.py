@@ -15,7 +15,7 @@ from plugins.embedders.musicnn import MSD_TAGS, MusicnnEmbedder, weights_path
 from plugins.embedders.musicnn import onnx_backend
 from plugins.embedders.musicnn.onnx_backend import EXPORT_REVISION, META_EXPORT, META_VERSION, OUTPUTS, onnx_path
 from plugins.embedders.musicnn.preprocess import PATCH_FRAMES
-from sidecar.plugin_api import EmbedderUnavailable
+from sidecar.plugins import EmbedderUnavailable
 from tests.conftest import MUSICNN_REFERENCE
 
 CLIPS = ("mix", "heavy", "soft")
@@ -51,7 +51,7 @@ def musicnn_torch(models_dir) -> MusicnnEmbedder:
 
 @pytest.fixture(scope="session")
 def excerpt_audio(excerpts) -> np.ndarray:
-    from sidecar.audio import decode
+    from sidecar.pipeline.audio import decode
 
     return decode(excerpts[0]).at(16000)
 

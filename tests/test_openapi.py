@@ -12,10 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from sidecar.access import guard
-from sidecar.api import make_app
+from sidecar.http.access import guard
+from sidecar.http.app import make_app
 from sidecar.config import Settings
-from sidecar.openapi import build, documented
+from sidecar.http.openapi import build, documented
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 

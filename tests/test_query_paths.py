@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from schemas.api import TextRecommendationRequest
-from sidecar.textsearch import FEATURES, LEXICON, METADATA_FIELDS, METADATA_MIN_SIMILARITY, MSD_TAGS, percentiles, top_k
+from sidecar.text.zero_shot import FEATURES, LEXICON, METADATA_FIELDS, METADATA_MIN_SIMILARITY, MSD_TAGS, percentiles, top_k
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_top_k_is_a_stable_full_sort_cut_short():
 
 
 async def test_mirror_serves_reads_and_writes_still_reach_milvus(open_sidecar, copy_library):
-    from sidecar.store import collection_name
+    from sidecar.data.store import collection_name
 
     sc = await open_sidecar(copy_library)
     store, mirror = sc.store, sc.store.mirrors["musicnn"]
@@ -117,7 +117,7 @@ async def test_mirror_serves_reads_and_writes_still_reach_milvus(open_sidecar, c
 
 
 def test_mirror_grows_again_after_compacting():
-    from sidecar.store import Mirror
+    from sidecar.data.store import Mirror
 
     m = Mirror(4)
     m.compact()  # empty: no spare rows left

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.recommend import RecommendationRequest
-from sidecar.api import make_app
+from sidecar.http.app import make_app
 
 pytestmark = pytest.mark.slow
 

@@ -150,7 +150,7 @@ def test_sigkill_during_ingest_loses_no_track_and_duplicates_no_vector(make_side
     assert final["models"]["dsp"] == {"done": n_files, "failed": 0}
     sc.stop()
 
-    from sidecar.store import VectorStore
+    from sidecar.data.store import VectorStore
 
     store = VectorStore(str(tmp_path / "data" / "milvus.db"))
     try:

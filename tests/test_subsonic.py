@@ -24,7 +24,7 @@ from aiohttp import web
 from plugins.mediaserver import AuthError, NotFound, Unreachable, load_adapter_class, parse_time, redact
 from plugins.mediaserver.subsonic import SubsonicAdapter, token_for
 from schemas.events import ScanCompleted
-from sidecar.catalog import Catalog
+from sidecar.data.catalog import Catalog
 from sidecar.config import Settings
 from sidecar.mediaserver import SERVER, MediaServerService, PathMap, external_map, server_ids_for
 
@@ -551,7 +551,7 @@ async def start_sidecar(tmp_path, models_dir):
         if getattr(sc, "media", None) is None and settings.get("media_server_url"):  # until service.py starts it
             sc.media = MediaServerService(sc)
             await sc.media.start()
-        from sidecar.api import make_app
+        from sidecar.http.app import make_app
 
         runner = web.AppRunner(make_app(sc), access_log=None)
         await runner.setup()

@@ -6,10 +6,8 @@ import re
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from typer.testing import CliRunner
 
 from schemas.api import TextRecommendationRequest
-from sidecar.cli import app
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +49,7 @@ async def test_projection_path_tells_orchestral_from_electronic(open_sidecar, an
 
 
 async def test_text_api_lists_models_and_rejects_bad_requests(open_sidecar, trained):
-    from sidecar.api import make_app
+    from sidecar.http.app import make_app
 
     sc = await open_sidecar(trained[0], embedders=["musicnn", "dsp", "mert"])
     async with TestClient(TestServer(make_app(sc))) as client:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidecar.plugin_api import EmbedderUnavailable, option_env
+from sidecar.plugins import EmbedderUnavailable, option_env
 
 __all__ = [
     "window_starts", "split_windows", "l2_normalize", "pooled_mean_std", "checkpoint_dir", "number_option",

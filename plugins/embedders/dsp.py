@@ -85,7 +85,7 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from schemas.embedding import EmbedResult
-from sidecar.plugin_api import Embedder
+from sidecar.plugins import Embedder
 
 SR = 22050
 N_FFT = 2048

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.embedding import EmbedResult
-from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
+from sidecar.plugins import Embedder, EmbedderUnavailable, option_env
 
 from ._windows import (
     checkpoint_dir, checkpoint_fingerprint, l2_normalize, number_option, pooled_mean_std, split_windows,

@@ -87,7 +87,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.embedding import EmbedResult
-from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
+from sidecar.plugins import Embedder, EmbedderUnavailable, option_env
 
 from ._torchaudio_compat import torchaudio_standin
 from ._windows import (

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.embedding import EmbedResult
-from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
+from sidecar.plugins import Embedder, EmbedderUnavailable, option_env
 
 from ._windows import mean_spread_vector, number_option, pooled_mean_std, split_windows
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidecar.plugin_api import EmbedderUnavailable, TextEncoder, option_env
+from sidecar.plugins import EmbedderUnavailable, TextEncoder, option_env
 
 MAX_TOKENS = 256  # the model's training length; longer text is truncated
 

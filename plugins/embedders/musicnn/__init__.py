@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.embedding import EmbedResult
-from sidecar.plugin_api import Embedder, EmbedderUnavailable, option_env
+from sidecar.plugins import Embedder, EmbedderUnavailable, option_env
 
 from .onnx_backend import INPUT as ONNX_INPUT
 from .onnx_backend import OUTPUTS as OUTPUT_NAMES  # the fields of MusicnnOutput

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidecar.plugin_api import EmbedderUnavailable, option_env
+from sidecar.plugins import EmbedderUnavailable, option_env
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The web page at `/`: static HTML, CSS and JavaScript modules from sidecar/web, talking to the JSON API.
+"""The web page at `/`: static HTML, CSS and JavaScript modules from sidecar/http/web, talking to the JSON API.
 No front-end server and no build step: the files ship with the package."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.openapi import documented
+from sidecar.http.openapi import documented
 
-WEB_DIR = Path(__file__).parent / "web"
+WEB_DIR = Path(__file__).parents[1] / "web"
 routes = web.RouteTableDef()
 
 

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from sidecar.bus.base import Consumer, Delivery, EventBus
+from sidecar.pipeline.bus.base import Consumer, Delivery, EventBus
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from sidecar.plugin_api import Embedder, EmbedderUnavailable, TextEncoder
+from sidecar.errors import BadInput
+from sidecar.plugins.api import Embedder, EmbedderUnavailable, TextEncoder
 
 log = logging.getLogger(__name__)
 EMBEDDERS, TEXT_ENCODERS = "sidecar.embedders", "sidecar.text_encoders"
@@ -35,6 +36,18 @@ class LoadedEmbedders:
     @property
     def versions(self) -> dict[str, str]:
         return {name: e.version for name, e in self.ready.items()}
+
+    @property
+    def default(self) -> str:
+        """The model a request that names none uses: the first enabled one that loaded."""
+        return next(iter(self.ready))
+
+    def require(self, name: str | None, field: str = "model") -> str:
+        """`name` (or the default when None) if it is ready; BadInput naming `field` if not."""
+        model = name or self.default
+        if model not in self.ready:
+            raise BadInput(f"unknown or unavailable model {model!r}; available: {', '.join(self.ready)}", field)
+        return model
 
 
 def load_embedders(

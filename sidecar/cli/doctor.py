@@ -114,7 +114,7 @@ def check_access(s: Settings) -> list[Check]:
 
 
 def check_store(s: Settings, running: bool) -> Check:
-    from sidecar.store import StoreError, VectorStore
+    from sidecar.data.store import StoreError, VectorStore
 
     target = s.milvus_target
     if not s.milvus_uri and running:
@@ -188,7 +188,7 @@ async def check_media_server(s: Settings) -> Check:
 
 def check_models(s: Settings) -> list[Check]:
     """Load each enabled model from its prepared weights, as `serve` would, without fetching or converting."""
-    from sidecar.plugin_api import EmbedderUnavailable
+    from sidecar.plugins import EmbedderUnavailable
     from sidecar.plugins import load_embedders, load_text_encoder
 
     loaded = load_embedders(s.embedders, s.models_dir, s.plugins, prepare=False)

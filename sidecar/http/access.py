@@ -17,6 +17,8 @@ import re
 
 from aiohttp import web
 
+from sidecar.http.common import ApiError, sidecar_of
+
 ADMIN_PATHS = re.compile(r"^/api/(batch/(start|cancel)|failures/retry|playlists|clustering|mediaserver/sync)\b")
 OPEN_PATHS = {"/health", "/"}  # the web page holds no data: it asks for the token when the API wants one
 OPEN_PREFIXES = ("/static/",)
@@ -43,8 +45,6 @@ def _matches(given: str, secret: str) -> bool:
 
 
 def check_webhook_secret(request: web.Request) -> None:
-    from sidecar.api import ApiError, sidecar_of
-
     secret = sidecar_of(request).settings.webhook_secret
     if not secret:
         if not is_loopback(request):
@@ -55,8 +55,6 @@ def check_webhook_secret(request: web.Request) -> None:
 
 
 def check_admin(request: web.Request) -> None:
-    from sidecar.api import ApiError, sidecar_of
-
     token = sidecar_of(request).settings.api_token
     if not token:
         if not is_loopback(request):
@@ -79,8 +77,6 @@ def guard(method: str, path: str) -> str:
 
 @web.middleware
 async def access_control(request: web.Request, handler):
-    from sidecar.api import ApiError, sidecar_of
-
     check = guard(request.method, request.path)
     if check == "webhook":
         check_webhook_secret(request)

@@ -12,8 +12,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from schemas.events import LibraryEvent, TrackMoved, TrackRemoved, TrackUpserted
-from sidecar.bus import EventBus
-from sidecar.catalog import Catalog
+from sidecar.pipeline.bus import EventBus
+from sidecar.data.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,11 @@ import numpy as np
 from scipy.special import ndtr
 
 from schemas.recommend import NearSeed, Recommendation, RecommendationRequest, RecommendationResponse, Seed
+from sidecar.data.store import Rows
+from sidecar.errors import BadInput
 
 DISCOVERY_DIVERSITY = 0.3
 FAVORITE_WEIGHT = 1.5
-
-
-class RecommendError(ValueError):
-    def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -55,7 +51,7 @@ class _ModelSeeds:
 
 @dataclass
 class _Scored:
-    ids: list[str]
+    ids: Rows
     relevance: np.ndarray  # 0-1 per library track
     candidates: list[int]  # row indices, best first
     pos_sims: np.ndarray  # (n, seeds)
@@ -85,14 +81,14 @@ class Engine:
             exclude |= self.catalog.played_tracks(req.user)
         if not seeds and not req.negative_prompts:
             where = f"user {req.user!r} has no listening history for mode {req.mode}" if req.mode != "custom" else "no seeds given"
-            raise RecommendError(f"nothing to recommend from: {where}", "seeds")
+            raise BadInput(f"nothing to recommend from: {where}", "seeds")
         return seeds, exclude
 
     def _resolve(self, req: RecommendationRequest, seeds: list[Seed], models: list[str]) -> dict[str, _ModelSeeds]:
         ids = self.catalog.resolve_ids(s.track_id for s in seeds if s.track_id)
         unknown = [s.track_id for s in seeds if s.track_id and s.track_id not in ids]
         if unknown:
-            raise RecommendError(f"unknown track id {unknown[0]!r}", "seeds")
+            raise BadInput(f"unknown track id {unknown[0]!r}", "seeds")
         now = time.time()
         per_model = {m: _ModelSeeds() for m in models}
         for m in models:
@@ -104,10 +100,10 @@ class Engine:
                     per_model[m].add(v, _decayed(s, now, req.recency_half_life_days), ids[s.track_id], s.sign == "negative")
             for i, s in enumerate(x for x in seeds if x.vector is not None):
                 if s.model not in per_model:
-                    raise RecommendError(f"a vector seed is in model {s.model!r}, which is not among the request's models", "seeds")
+                    raise BadInput(f"a vector seed is in model {s.model!r}, which is not among the request's models", "seeds")
                 if s.model == m:
                     if len(s.vector) != self.embedders.ready[m].dim:
-                        raise RecommendError(f"a {m} vector has {self.embedders.ready[m].dim} numbers, not {len(s.vector)}", "seeds")
+                        raise BadInput(f"a {m} vector has {self.embedders.ready[m].dim} numbers, not {len(s.vector)}", "seeds")
                     per_model[m].add(np.array(s.vector), _decayed(s, now, req.recency_half_life_days), f"vector #{i + 1}", s.sign == "negative")
             texts = [(s.text, _decayed(s, now, req.recency_half_life_days), s.sign == "negative") for s in seeds if s.text]
             texts += [(p, 1.0, True) for p in req.negative_prompts]
@@ -119,14 +115,12 @@ class Engine:
         return per_model
 
     def _embed_text(self, model: str, texts: list[str], field: str) -> np.ndarray:
-        from sidecar.textrec import UnsupportedModel
-
         if self.text is None:
-            raise RecommendError("text seeds need the text encoder, which is unavailable", field)
+            raise BadInput("text seeds need the text encoder, which is unavailable", field)
         try:
             return self.text.embed_text(model, texts)[0]
-        except UnsupportedModel as e:
-            raise RecommendError(str(e), field) from None
+        except BadInput as e:  # a model without text: the request's field at fault is the seed's
+            raise BadInput(str(e), field) from None
 
     # ---- scoring
     def _score(self, model: str, seeds: _ModelSeeds, excluded: set[str], k: int, penalty: float) -> _Scored | None:
@@ -146,7 +140,7 @@ class Engine:
         relevance = ndtr((raw - raw.mean()) / std) if std > 1e-9 else np.full(len(raw), 0.5)
         allowed = relevance.copy()
         for tid in excluded:
-            if (i := self.store.mirrors[model].pos.get(tid)) is not None and i < len(allowed):
+            if (i := ids.row(tid)) is not None:
                 allowed[i] = -np.inf
         k = min(k, int(np.isfinite(allowed).sum()))
         top = np.argpartition(-allowed, k - 1)[:k] if k > 0 else np.array([], int)
@@ -154,25 +148,22 @@ class Engine:
         return _Scored(ids, relevance, [int(i) for i in top], pos_sims, neg_sims if penalty > 0 else None, seeds)
 
     def recommend(self, req: RecommendationRequest) -> RecommendationResponse:
-        models = req.models or [next(iter(self.embedders.ready))]
-        for m in models:
-            if m not in self.embedders.ready:
-                raise RecommendError(f"unknown or unavailable model {m!r}; available: {', '.join(self.embedders.ready)}", "models")
+        models = [self.embedders.require(m, "models") for m in req.models or ()] or [self.embedders.default]
         priorities = req.model_priorities or models
         if set(priorities) != set(models):
-            raise RecommendError("model_priorities must list exactly the request's models", "model_priorities")
+            raise BadInput("model_priorities must list exactly the request's models", "model_priorities")
         seeds, excluded = self._gather_seeds(req)
         per_model = self._resolve(req, seeds, models)
         warnings = [f"no positive seed has a {m} vector; {m} proposed nothing" for m in models if not per_model[m].pos]
         if all(not s.pos for s in per_model.values()):
-            raise RecommendError("none of the seeds has a vector in the requested models (not analysed yet?)", "seeds")
+            raise BadInput("none of the seeds has a vector in the requested models (not analysed yet?)", "seeds")
 
         excluded |= {s for ms in per_model.values() for s in ms.pos_label + ms.neg_label if not s.startswith(("text:", "vector #"))}
         excluded |= set(self.catalog.resolve_ids(req.exclude_track_ids).values())
         for pid in req.exclude_playlist_ids:
             tracks = self.catalog.playlist_tracks(pid)
             if tracks is None:
-                raise RecommendError(f"unknown playlist id {pid!r}", "exclude_playlist_ids")
+                raise BadInput(f"unknown playlist id {pid!r}", "exclude_playlist_ids")
             excluded |= set(tracks)
         k = req.candidates_per_model or 4 * req.limit
         scored = {m: s for m in models if (s := self._score(m, per_model[m], excluded, k, req.negative_penalty)) is not None}
@@ -245,8 +236,8 @@ class Engine:
         near: list[NearSeed] = []
         reasons = [f"found by {', '.join(entry['models'])}"] + entry["reasons"]
         for m, s in scored.items():
-            i = self.store.mirrors[m].pos.get(tid)
-            if i is None or i >= len(s.pos_sims):
+            i = s.ids.row(tid)
+            if i is None:
                 continue
             for j in np.argsort(-s.pos_sims[i])[:2]:
                 near.append(NearSeed(seed=s.seeds.pos_label[j], similarity=round(float(s.pos_sims[i, j]), 4), model=m))

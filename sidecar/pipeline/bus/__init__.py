@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sidecar.bus.base import Consumer, Delivery, EventBus
+from sidecar.pipeline.bus.base import Consumer, Delivery, EventBus
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
@@ -14,11 +14,11 @@ __all__ = ["Consumer", "Delivery", "EventBus", "make_bus"]
 def make_bus(settings: "Settings") -> EventBus:
     """The bus the settings name: the embedded log in the data dir, or Kafka. Not started yet."""
     if settings.bus == "embedded":
-        from sidecar.bus.embedded import EmbeddedBus
+        from sidecar.pipeline.bus.embedded import EmbeddedBus
 
         bus = EmbeddedBus(settings.event_log_path)
     elif settings.bus == "kafka":
-        from sidecar.bus.kafka import KafkaBus
+        from sidecar.pipeline.bus.kafka import KafkaBus
 
         bus = KafkaBus(
             settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_dead_letter_topic,

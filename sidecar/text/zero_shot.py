@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sidecar.catalog import Catalog
-from sidecar.plugin_api import TextEncoder
+from sidecar.data.catalog import Catalog
+from sidecar.plugins import TextEncoder
 
 MIN_SIMILARITY = 0.4  # below this a concept's match is noise (measured: lower ranks are unrelated tags)
 # Genre words are all fairly similar to each other ("orchestral" ~ "electronic" 0.5): a clause keeps only the

@@ -2,7 +2,7 @@
 
 Each handler carries its description (`@documented`: summary, query and body models, responses); the
 document is built from the app's router and those pydantic models, so it cannot drift from the routes.
-Who needs which secret comes from sidecar.access, the place that enforces it.
+Who needs which secret comes from sidecar.http.access, the place that enforces it.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from pydantic.json_schema import GenerateJsonSchema
 import sidecar
 from schemas.api import ErrorBody
 
-routes = web.RouteTableDef()
 REF = "#/components/schemas/{model}"
 ERRORS = {
     400: "bad input; `field` names the parameter or body field at fault",
@@ -33,7 +32,7 @@ ERRORS = {
     502: "the media server answered with an error",
     503: "unavailable: a part this endpoint needs is not configured or not ready",
 }
-# sidecar.access's guard -> the security schemes that satisfy it (alternatives)
+# sidecar.http.access's guard -> the security schemes that satisfy it (alternatives)
 SECURITY = {
     "admin": [{"apiToken": []}, {"apiTokenHeader": []}],
     "webhook": [{"webhookSecret": []}, {"webhookBearer": []}],
@@ -121,7 +120,7 @@ def _response(code: int, spec: Any, refs: dict) -> dict:
 
 def build(app: web.Application) -> dict:
     """The OpenAPI 3.1 document of `app`'s routes. A route without @documented is an error."""
-    from sidecar.access import guard
+    from sidecar.http.access import guard
 
     found = []
     for route in api_routes(app):
@@ -267,15 +266,3 @@ def render(spec: dict) -> str:
         f"<h2>Endpoints</h2><ul>{''.join(toc)}</ul>{''.join(body)}<h2>Security schemes</h2>{auth}"
         f"<h2>Schemas</h2>{''.join(schemas)}</body></html>"
     )
-
-
-@routes.get("/openapi.json")
-@documented("This API's OpenAPI 3.1 description", response=dict[str, Any], tag="docs")
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(build(request.app))
-
-
-@routes.get("/docs")
-@documented("This API's description as a page", response={"text/html": str}, tag="docs")
-async def docs_page(request: web.Request) -> web.Response:
-    return web.Response(text=render(build(request.app)), content_type="text/html")

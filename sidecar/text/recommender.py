@@ -1,4 +1,4 @@
-"""Playlists from text, two ways: zero-shot over the analysis (textsearch), or text vectors in each audio
+"""Playlists from text, two ways: zero-shot over the analysis (zero_shot), or text vectors in each audio
 model's space (a model's own text tower, or a trained projection), searched in Milvus."""
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from schemas.api import ConceptMatch, PlaylistTrack, TextPlaylist, TextRecommendationRequest
-from sidecar.catalog import Catalog
-from sidecar.plugin_api import TextEncoder
-from sidecar.plugins import LoadedEmbedders
-from sidecar.store import VectorStore
-from sidecar.text_projection import TextProjector, checkpoint_path
-from sidecar.textsearch import ZeroShotSearch
+from sidecar.data import Catalog, VectorStore
+from sidecar.errors import BadInput
+from sidecar.plugins import LoadedEmbedders, TextEncoder
+from sidecar.text.projection import TextProjector, checkpoint_path
+from sidecar.text.zero_shot import ZeroShotSearch
 
 log = logging.getLogger(__name__)
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(BadInput):
     """A model that cannot take text; the message names the ones that can."""
+
+    def __init__(self, message: str, field: str = "model"):
+        super().__init__(message, field)
 
 
 class TextRecommender:
@@ -64,7 +66,7 @@ class TextRecommender:
             method = "vector" if models else "tags"
         if method == "tags":
             if self.zero_shot is None:
-                raise UnsupportedModel("zero-shot text search needs the musicnn embedder")
+                raise UnsupportedModel("zero-shot text search needs the musicnn embedder", "method")
             scored, matches = self.zero_shot.search(req.text, req.negative_prompts, req.limit)
             meta = self.catalog.tracks_brief(s.track_id for s in scored)
             tracks = [

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sidecar.catalog import Catalog
-from sidecar.plugin_api import TextEncoder
-from sidecar.store import VectorStore
-from sidecar.textsearch import FEATURES, percentiles, describe_track
+from sidecar.data.catalog import Catalog
+from sidecar.plugins import TextEncoder
+from sidecar.data.store import VectorStore
+from sidecar.text.zero_shot import FEATURES, percentiles, describe_track
 
 FORMAT = 1
 AUGMENTED_TEXTS = 8  # random word subsets per track, encoded once

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from sidecar.bus.base import Consumer, Delivery, EventBus
+from sidecar.pipeline.bus.base import Consumer, Delivery, EventBus
 
 PARTITION = 0
 

@@ -1,0 +1,1 @@
+"""Recommendations: the nearest tracks to one (similar), and the multi-seed, multi-model engine."""
