@@ -27,8 +27,17 @@ $(CHROMIUM):
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q -ra
+# the catalog tests run a real PostgreSQL from Debian's package (tests/postgres_server.py); only `make test` needs it.
+# No file target: the version folder (/usr/lib/postgresql/15) differs by release.
+.PHONY: postgresql
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; }
+
+# CI=true: the tests of the real servers fail, never skip, when a server is missing
+test: $(STAMP) $(CHROMIUM) postgresql
+	CI=true $(BIN)/python -m pytest -q -ra
 
 clean:
 	rm -rf $(VENV) .cache data

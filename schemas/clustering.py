@@ -1,4 +1,4 @@
-"""Clustering the library into playlists: the start request and the job's status (see sidecar/clustering.py)."""
+"""Clustering the library into playlists: the start request and the job's status (see sidecar/clustering/)."""
 from __future__ import annotations
 
 from typing import Any, Literal

@@ -1,6 +1,6 @@
 """Instant playlists from a sentence: the request, the structured query it is understood as, and the answer.
 
-`InstantQuery` is all that either parser may produce: the deterministic one in sidecar/instant.py, or an
+`InstantQuery` is all that either parser may produce: the deterministic one in sidecar/instant/parser.py, or an
 optional LLM, whose JSON answer is validated against this model and dropped when it does not fit. It holds
 names from closed vocabularies, numbers and plain words, never SQL or code.
 """
@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from sidecar.text.zero_shot import DESCRIPTORS, MSD_TAGS
+from sidecar.text.vocabulary import DESCRIPTORS, MSD_TAGS
 
 RANGE_FEATURES = (
     "tempo_bpm", "energy", "loudness_db", "brightness", "percussiveness", "dynamics_db", "pulse_clarity", "onset_rate", "key_strength",

@@ -206,7 +206,7 @@ def service_stages(tracks: list[Path], models_dir: Path, db: Path, musicnn_optio
         t.append(time.perf_counter())
         a16 = audio.at(16000)
         t.append(time.perf_counter())
-        patches = audio_to_patches(a16, musicnn.patches)
+        patches = audio_to_patches(a16, musicnn.options.patches)
         t.append(time.perf_counter())
         out = musicnn.infer(patches)
         t.append(time.perf_counter())
@@ -357,7 +357,7 @@ def main() -> None:
           f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (0 on a quiet machine)\n")
     print(f"{n} real tracks, {sum(durations) / 3600:.2f} h of audio: median {statistics.median(durations):.0f} s, "
           f"{min(durations):.0f} to {max(durations):.0f} s. Service settings: ingest_workers={s.ingest_workers}, "
-          f"musicnn backend={mus.backend}, threads={mus.threads}, patches={mus.patches or 'all'}.\n")
+          f"musicnn backend={mus.options.backend}, threads={mus.options.threads}, patches={mus.options.patches or 'all'}.\n")
     if ref:
         print("### Reference: straightforward sequential pipeline (torch float32, one patch at a time)\n")
         table(ref["stages"])

@@ -95,12 +95,14 @@ async def measure(data: Path, requests: int, embedders: list[str], reference: bo
     import aiohttp
 
     from sidecar.config import Settings
+    from sidecar.run import start_http
     from sidecar.service import Sidecar
     from sidecar.data.store import collection_name
 
     t0 = time.perf_counter()
     sc = Sidecar(Settings(music_dir=[], data_dir=data, port=_free_port(), reconcile_interval_s=0, embedders=embedders))
-    await sc.start(http=True, watch=False)
+    await sc.start(watch=False)
+    runner = await start_http(sc)
     startup = time.perf_counter() - t0
     ids = sc.store.mirrors["musicnn"].ids
     rng = np.random.default_rng(1)
@@ -144,6 +146,7 @@ async def measure(data: Path, requests: int, embedders: list[str], reference: bo
                 out.update(await check_similar(http, sc, collection_name("musicnn"), rng.choice(ids, 50, replace=False)))
     finally:
         out["peak_rss_mb"] = _rss_mb("VmHWM")
+        await runner.cleanup()
         await sc.close()
     return out
 

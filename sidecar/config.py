@@ -83,6 +83,15 @@ class Settings(BaseSettings):
 
     milvus_uri: str = Field(default="", description="Milvus server URI; empty: a Milvus Lite file in the data dir")
     milvus_token: str = Field(default="", repr=False)
+    vector_mirror: bool = Field(
+        default=True, description="answer searches from an exact in-memory copy of the vectors (fast); false: from "
+        "Milvus itself (a server's HNSW index), for libraries whose vectors do not fit in memory",
+    )
+    catalog_url: str = Field(
+        default="", repr=False, description="PostgreSQL URL of a catalog shared by several workers and API processes "
+        "(postgresql://user:password@host/db); empty: an SQLite file in the data dir",
+    )
+    follow_interval_s: float = Field(default=0.5, gt=0, le=60, description="how often an API process looks for vectors the workers wrote")
 
     embedders: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["musicnn", "dsp"])
     media_server_url: str = Field(default="", description="Navidrome or another Subsonic server, e.g. http://navidrome:4533; empty: none")
@@ -175,6 +184,10 @@ class Settings(BaseSettings):
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite3"
+
+    @property
+    def catalog_target(self) -> str | Path:
+        return self.catalog_url or self.catalog_path
 
     @property
     def event_log_path(self) -> Path:

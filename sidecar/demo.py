@@ -67,3 +67,10 @@ def _extract_music(archive: Path, target: Path) -> None:
             name = Path(info.filename).name
             if Path(name).suffix.lower() in MUSIC_SUFFIXES and info.file_size >= MIN_TRACK_BYTES:
                 (target / name).write_bytes(z.read(info))
+
+
+def demo_music_dir(data_dir: Path) -> Path:
+    """The demo library's folder, fetched if needed (used when no music folder is configured)."""
+    root = data_dir / "demo-music"
+    fetch_demo_library(root)
+    return root

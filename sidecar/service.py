@@ -1,16 +1,25 @@
-"""The sidecar put together: catalog, vector store, bus, embedders, ingest worker, sources and HTTP API."""
+"""The sidecar put together: catalog, vector store, bus, embedders, ingest worker, sources and HTTP API.
+
+One process can play one of three roles (`sidecar serve`, `sidecar worker`, `sidecar api`):
+- serve: everything on one box (the default);
+- worker: consume library events in the shared consumer group, analyse, store; HTTP only /health, /api/status
+  and /metrics; with `watch`, also watch the music folders and walk them (one worker per music mount);
+- api: HTTP only; its in-memory vectors follow what the workers write (the catalog's vector log).
+Several workers and API processes share one Kafka, one PostgreSQL catalog and one Milvus server.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
-
-from aiohttp import web
 
 from sidecar.pipeline.bus import EventBus
 from sidecar.pipeline.bus import make_bus
+from sidecar.clustering.jobs import ClusteringJobs
 from sidecar.data.catalog import Catalog
+from sidecar.data.sql import DatabaseError
 from sidecar.config import Settings
+from sidecar.explore.state import ExploreCaches
+from sidecar.instant.index import IndexCache
 from sidecar.pipeline.ingest import IngestWorker
 from sidecar.plugins import LoadedEmbedders, load_embedders
 from sidecar.pipeline.sources import FolderWatcher, Reconciler
@@ -23,9 +32,14 @@ class SidecarError(RuntimeError):
     """A start-up problem the user must fix; the message says what."""
 
 
+ROLES = ("serve", "worker", "api")
+
+
 class Sidecar:
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, role: str = "serve"):
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        self.settings, self.role = settings, role
         self.roots = list(settings.music_dir)
         self.catalog: Catalog | None = None
         self.store: VectorStore | None = None
@@ -38,16 +52,14 @@ class Sidecar:
         self.engine = None
         self.media = None  # MediaServerService, when a media server is configured
         self.text_unavailable: str | None = None
+        self.instant_index = IndexCache()  # the instant playlists' view of the library, rebuilt when it changes
+        self.explore_caches = ExploreCaches()  # maps, artist vectors, parsed tags of the exploration endpoints
+        self.clustering_jobs = ClusteringJobs()  # the running clustering job and the last few's results
         self.idle = asyncio.Event()  # the ingest consumer has nothing in flight and saw no lag
         self.reconciled = asyncio.Event()  # the start-up reconcile walk has published its events
         self.consumer = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._http: web.AppRunner | None = None
-
-    @property
-    def default_model(self) -> str:
-        return next(iter(self.embedders.ready))
 
     async def open(self) -> None:
         """Open the stores, load the models and connect the bus; start nothing yet."""
@@ -63,22 +75,31 @@ class Sidecar:
         # numpy's BLAS on one thread: a search is a matrix-vector product bound by memory, and two BLAS threads
         # on two busy cores took four times as long (16 ms against 3.8 ms at 100k tracks; docs/PERFORMANCE.md)
         threadpool_limits(1, user_api="blas")
-        self.catalog = Catalog(s.catalog_path)
+        try:
+            self.catalog = await asyncio.to_thread(Catalog, s.catalog_target)
+        except (DatabaseError, RuntimeError) as e:  # unreachable, or a schema newer than this sidecar
+            raise SidecarError(str(e)) from None
         self.embedders = await asyncio.to_thread(load_embedders, s.embedders, s.models_dir, s.plugins)
         for name, why in self.embedders.unavailable.items():
             log.error("embedder %s is unavailable: %s", name, why)
         if not self.embedders.ready:
             raise SidecarError("no embedder could be loaded: " + "; ".join(f"{k}: {v}" for k, v in self.embedders.unavailable.items()))
+        # an API process follows the vector log from before its mirrors load: what is written meanwhile comes twice
+        self._followed = self.catalog.vector_log_head() if self.role == "api" else 0
         try:
-            self.store = await asyncio.to_thread(VectorStore, s.milvus_target, s.milvus_token)
+            mirror = s.vector_mirror and self.role != "worker"  # a worker only writes: no copy to keep
+            self.store = await asyncio.to_thread(VectorStore, s.milvus_target, s.milvus_token, mirror=mirror)
             for name, emb in self.embedders.ready.items():
                 await asyncio.to_thread(self.store.ensure_collection, name, emb.dim, segments=emb.store_segments)
         except Exception as e:
             raise SidecarError(str(e)) from None
-        await asyncio.to_thread(self._open_text)
-        from sidecar.recommend.engine import Engine
+        if self.role == "worker":
+            self.text_unavailable = "an ingest worker answers no queries"
+        else:
+            await asyncio.to_thread(self._open_text)
+            from sidecar.recommend.engine import Engine
 
-        self.engine = Engine(self.catalog, self.store, self.embedders, self.text)
+            self.engine = Engine(self.catalog, self.store, self.embedders, self.text)
         self.bus = make_bus(s)
         try:
             await self.bus.start()
@@ -104,36 +125,33 @@ class Sidecar:
             return
         self.text = TextRecommender(self.catalog, self.store, self.embedders, encoder, s.data_dir)
 
-    async def start(self, *, http: bool = True, watch: bool = True) -> None:
-        """Run everything: watcher, start-up reconcile, ingest consumer, periodic reconcile, HTTP."""
+    async def start(self, *, watch: bool | None = None) -> None:
+        """Run what the role does: watcher, start-up and periodic reconcile (serve; a worker with `watch`),
+        ingest consumer (serve, worker), vector-log follower (api). The HTTP server is sidecar.run's."""
         await self.open()
         s = self.settings
+        # serve walks its folders (at start and every reconcile_interval_s) and watches them unless told not to; a
+        # worker does both only when told to (one worker per music mount); an API process never does
+        walk = self.role == "serve" or (self.role == "worker" and bool(watch))
+        watch = walk and (watch is None or watch)
         if watch and self.roots:
             self.watcher = FolderWatcher(self.bus, self.reconciler, self.roots, s.debounce_s)
             await self.watcher.start()
-        self._tasks.append(asyncio.create_task(self._consume(), name="ingest"))
-        if self.roots:
+        if self.role == "api":
+            self._tasks.append(asyncio.create_task(self._follow_vectors(), name="follow"))
+        else:
+            self._tasks.append(asyncio.create_task(self._consume(), name="ingest"))
+        if walk and self.roots:
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
-        self.worker.replays.resume()
-        if s.media_server_url:
-            from sidecar.mediaserver import MediaServerService
+        else:
+            self.reconciled.set()  # nothing of ours to walk
+        if self.role != "api":
+            self.worker.replays.resume()
+        if s.media_server_url and self.role != "worker":
+            from sidecar.mediaserver.service import MediaServerService
 
             self.media = MediaServerService(self)
             await self.media.start()  # returns at once; a server that is down is retried in the background
-        if http:
-            from sidecar.http.app import make_app
-
-            # max_line_size: a query at its documented limits, in 4-byte characters percent-encoded (12 bytes
-            # each), is about 21 kB; aiohttp's default (8 kB) would refuse it before the API could answer
-            self._http = web.AppRunner(make_app(self), access_log=None, max_line_size=65536)
-            await self._http.setup()
-            site = web.TCPSite(self._http, s.host, s.port)
-            try:
-                await site.start()
-            except OSError as e:
-                await self.close()
-                raise SidecarError(f"cannot listen on {s.host}:{s.port}: {e.strerror}") from None
-            log.info("serving on http://%s:%d", s.host, s.port)
 
     async def _consume(self) -> None:
         while not self._stop.is_set():
@@ -147,11 +165,32 @@ class Sidecar:
                 log.exception("ingest consumer failed; reconnecting in 2 s")
                 await asyncio.sleep(2)
 
+    async def _follow_vectors(self) -> None:
+        """API role: apply the vectors other processes wrote or deleted (the catalog's vector log) to the mirrors."""
+        interval = self.settings.follow_interval_s
+        seen: set[int] = set()
+        while True:
+            try:
+                # look back a little: on a shared catalog a write can commit after one with a higher number
+                changes = await asyncio.to_thread(self.catalog.vector_changes, max(self._followed - 200, 0))
+                fresh = [c for c in changes if c["seq"] not in seen]
+                for model in {c["model"] for c in fresh}:
+                    ups = [c["track_id"] for c in fresh if c["model"] == model and c["op"] == "upsert"]
+                    downs = [c["track_id"] for c in fresh if c["model"] == model and c["op"] == "delete"]
+                    await asyncio.to_thread(self.store.follow, model, ups, downs)
+                if changes:
+                    self._followed = max(self._followed, changes[-1]["seq"])
+                    seen = {c["seq"] for c in changes if c["seq"] > self._followed - 200}
+            except Exception:
+                log.exception("following the vector log failed; trying again")
+            await asyncio.sleep(interval)
+
     async def _reconcile_loop(self) -> None:
         interval = self.settings.reconcile_interval_s
         while True:
             try:
                 await self.reconciler.run(self.roots)
+                await asyncio.to_thread(self.catalog.prune_vector_log)
             except Exception:
                 log.exception("reconcile failed")
             self.reconciled.set()
@@ -175,17 +214,13 @@ class Sidecar:
 
     async def close(self) -> None:
         self._stop.set()
-        if self._http is not None:
-            await self._http.cleanup()
         if self.media is not None:
             await self.media.close()
         if self.watcher is not None:
             await self.watcher.stop()
         if self.worker is not None:
             await self.worker.replays.stop()
-        from sidecar.clustering import jobs_of
-
-        jobs_of(self).cancel_all()
+        self.clustering_jobs.cancel_all()
         for t in self._tasks:
             if t.get_name() == "ingest":  # let it finish in-flight events and commit
                 try:
@@ -203,28 +238,3 @@ class Sidecar:
             self.store.close()
         if self.catalog is not None:
             self.catalog.close()
-
-
-async def run_forever(settings: Settings) -> None:
-    sidecar = Sidecar(settings)
-    await sidecar.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping")
-        await sidecar.close()
-
-
-def demo_music_dir(data_dir: Path) -> Path:
-    """The demo library's folder, fetched if needed (used when no music folder is configured)."""
-    from sidecar.demo import fetch_demo_library
-
-    root = data_dir / "demo-music"
-    fetch_demo_library(root)
-    return root

@@ -12,7 +12,7 @@ CACHE = REPO / ".cache"
 SHARED = REPO.parent / "shared"
 MUSICNN_REFERENCE = SHARED / "fixtures" / "musicnn_reference"
 
-pytest_plugins = ["tests.kafka_broker", "tests.supysonic_server"]
+pytest_plugins = ["tests.kafka_broker", "tests.supysonic_server", "tests.postgres_server", "tests.milvus_server"]
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,10 @@ def free_port() -> int:
 
 
 class SidecarProcess:
-    def __init__(self, music_dir: Path, data_dir: Path, models_dir: Path, log_path: Path, **env: str):
+    """`sidecar serve` by default; `command` runs another role ("worker", "api", or with flags: ["worker", "--watch"])."""
+
+    def __init__(self, music_dir: Path, data_dir: Path, models_dir: Path, log_path: Path, *, command: str | list[str] = "serve", **env: str):
+        self.command = [command] if isinstance(command, str) else list(command)
         self.port = free_port()
         self.log_path = log_path
         self.env = dict(
@@ -42,7 +45,7 @@ class SidecarProcess:
     def start(self, timeout: float = 90) -> "SidecarProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "sidecar.cli", *self.command], env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:

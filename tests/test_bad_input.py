@@ -194,7 +194,7 @@ async def sidecars(tmp_path, models_dir):
         settings = Settings(music_dir=[music], data_dir=data, reconcile_interval_s=0, debounce_s=0.3, **overrides)
         sc = Sidecar(settings)
         made.append(sc)
-        await sc.start(http=False, watch=watch)
+        await sc.start(watch=watch)
         await until_idle(sc)
         return sc
 

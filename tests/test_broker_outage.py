@@ -32,7 +32,7 @@ async def test_the_sidecar_rides_out_a_broker_outage(durable_kafka, tmp_path, mo
         kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=500,
     )
     sc = Sidecar(settings)
-    await sc.start(http=False, watch=True)
+    await sc.start(watch=True)
     try:
         await until_idle(sc)
         assert sc.catalog.counts()["tracks"] == 5

@@ -11,9 +11,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.clustering import ClusteringStart
-from sidecar.clustering import (
-    Job, Library, TagStats, build_playlists, enforce_sizes, run_job, search, tag_label, identity_distances, playlist_name, score_partition, select_diverse, stratified_sample,
-)
+from sidecar.clustering.job import Job
+from sidecar.clustering.jobs import run_job
+from sidecar.clustering.library import Library
+from sidecar.clustering.playlists import build_playlists, playlist_name, tag_label
+from sidecar.clustering.scoring import TagStats, identity_distances, score_partition, select_diverse
+from sidecar.clustering.search import enforce_sizes, search, stratified_sample
 
 NAME = re.compile(r"^[A-Z0-9][\w&-]*( [\w&-]+)*( · [A-Z0-9][\w&-]*( [\w&-]+)*)+( · (Slow|Moderate|Fast|Very fast) \(\d+ BPM\))?$")
 
@@ -112,12 +115,12 @@ def test_a_sampled_search_extends_its_best_solution_to_every_track():
 
 
 def test_a_job_whose_every_run_fails_says_why(monkeypatch):
-    import sidecar.clustering as clustering
+    import sidecar.clustering.search as clustering_search
 
     def broken(params, x, seed):
         raise np.linalg.LinAlgError("singular")
 
-    monkeypatch.setattr(clustering, "run_algorithm", broken)
+    monkeypatch.setattr(clustering_search, "run_algorithm", broken)
     job = Job("j", "m", ["gmm"], 1, 3)
     run_job(job, synthetic_library(10), ClusteringStart(algorithms=["gmm"], iterations=3))
     snap = job.snapshot()

@@ -4,7 +4,6 @@ ones): song path, alchemy, sonic fingerprint, music map, similar artists, track 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.explore import AlchemyResponse, FindPathResponse, FingerprintResponse, MapResponse, SimilarArtist
 from sidecar.http.app import make_app
+from tests.mirror_store import MirrorStore
 
 DAY = 86400.0
 
@@ -22,7 +22,7 @@ DAY = 86400.0
 def view(sc, library, model: str = "musicnn") -> SimpleNamespace:
     """The library as the tests see it: ids, metadata, kind and unit vector per track, the two kinds' tracks
     (by title), and each kind's most central track (highest mean similarity to the rest of its kind)."""
-    ids = list(sc.store.mirrors[model].ids)
+    ids = list(sc.store.track_ids(model))
     brief = sc.catalog.tracks_brief(ids)
     kind = {t: library["kinds"][brief[t]["title"]] for t in ids}
     unit = {t: v / np.linalg.norm(v) for t, v in sc.store.get_vectors(model, ids).items()}
@@ -453,30 +453,19 @@ async def test_similar_artists_and_track_search(open_sidecar, analysed_library, 
 
 
 # ----------------------------------------------------------------------------------- speed at 10k tracks
-from sidecar.data.store import Mirror, VectorStore  # noqa: E402
-
-
-class _Store:
-    """VectorStore's reads (which use only its lock and mirrors) over a real Mirror, without Milvus: this
-    measures our code."""
-
-    get_vectors, stacked, search, similarities = VectorStore.get_vectors, VectorStore.stacked, VectorStore.search, VectorStore.similarities
-
-    def __init__(self, ids, vectors):
-        self._lock = threading.Lock()
-        self.mirrors = {"musicnn": Mirror(vectors.shape[1])}
-        self.mirrors["musicnn"].put(ids, vectors)
-
-
 class _Sidecar:
-    """What the exploration routes use of a Sidecar, around a synthetic catalog and store."""
+    """What the exploration routes use of a Sidecar, around a real catalog and a store without Milvus (the real
+    VectorStore read methods over in-memory mirrors: this measures our code)."""
 
     def __init__(self, catalog, store, dim: int):
         from sidecar.config import Settings
+        from sidecar.explore.state import ExploreCaches
+        from sidecar.plugins import LoadedEmbedders
 
-        self.catalog, self.store, self.text, self.default_model = catalog, store, None, "musicnn"
+        self.catalog, self.store, self.text = catalog, store, None
         self.settings = Settings()
-        self.embedders = SimpleNamespace(ready={"musicnn": SimpleNamespace(dim=dim)})
+        self.embedders = LoadedEmbedders(ready={"musicnn": SimpleNamespace(dim=dim)})
+        self.explore_caches = ExploreCaches()
 
 
 def test_every_endpoint_answers_within_50_ms_at_10k_tracks(tmp_path):
@@ -503,7 +492,7 @@ def test_every_endpoint_answers_within_50_ms_at_10k_tracks(tmp_path):
             [(t, "musicnn", "1", t, "done", json.dumps(dict(zip(MSD_TAGS, rng.random(50).round(3).tolist()))), now) for t in ids],
         )
         db.executemany("INSERT INTO listens (user, track_id, played_at) VALUES (?,?,?)", [("u", ids[i], now - i * 600) for i in range(500)])
-    sc = _Sidecar(catalog, _Store(ids, vectors), dim)
+    sc = _Sidecar(catalog, MirrorStore({"musicnn": (ids, vectors)}), dim)
     calls = [
         ("get", "/api/find_path", {"params": {"start_song_id": ids[0], "end_song_id": ids[1]}}),
         ("get", "/api/find_path", {"params": {"start_song_id": ids[0], "end_song_id": ids[1], "max_steps": 200}}),
@@ -551,7 +540,7 @@ async def test_similar_tracks_answers_audiomuse_navidrome_plugin_calls(open_side
     """The plugin sends Navidrome's song id with eliminate_duplicates and radius_similarity, and hands the
     item_ids it gets back to Navidrome: they must be Navidrome's ids."""
     sc = await open_sidecar(copy_library)
-    ours = sc.store.mirrors["musicnn"].ids
+    ours = sc.store.track_ids("musicnn")
     for i, t in enumerate(ours):
         sc.catalog.set_external_id("subsonic", f"nd-{i}", t)
     async with TestClient(TestServer(make_app(sc))) as client:

@@ -65,7 +65,7 @@ async def running(tmp_path, models_dir, music_dir, bus_settings):
         settings = Settings(music_dir=[music_dir], data_dir=data, reconcile_interval_s=0, **bus_settings, **overrides)
         sc = Sidecar(settings)
         made.append(sc)
-        await sc.start(http=False, watch=False)
+        await sc.start(watch=False)
         await until_idle(sc)
         return sc
 

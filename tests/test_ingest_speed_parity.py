@@ -43,7 +43,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_defaults_are_the_measured_ones(musicnn):
-    assert (musicnn.backend, musicnn.threads, musicnn.patches) == ("onnx", 1, PATCHES) and 0 < PATCHES <= 32
+    assert (musicnn.options.backend, musicnn.options.threads, musicnn.options.patches) == ("onnx", 1, PATCHES) and 0 < PATCHES <= 32
 
 
 def test_spread_picks_the_middle_of_equal_spans():

@@ -1,19 +1,23 @@
-"""Instant playlists from a sentence: the deterministic parser (table-driven), the filters and ranking on real
-music whose kind is known, and the optional LLM path against a fake OpenAI-compatible server on 127.0.0.1."""
+"""Instant playlists from a sentence: the deterministic parser (table-driven), the filters and ranking on a small
+catalog of known tracks and on real music whose kind is known, and the optional LLM path against a fake
+OpenAI-compatible server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
 from schemas.instant import FeatureRange, InstantQuery
-from sidecar import instant
-from sidecar.instant import LlmConfig, llm_config, parse_instant
-from sidecar.text.zero_shot import MSD_TAGS
+from sidecar.config import Settings
+from sidecar.data.catalog import Catalog
+from sidecar.instant.index import IndexCache, apply_filters, rank_tracks
+from sidecar.instant.llm import LlmConfig, chat_url, llm_config
+from sidecar.instant.parser import parse_instant
+from sidecar.text.vocabulary import MSD_TAGS
 
 TEMPO_120 = {"feature": "tempo_bpm", "min": 110.0, "max": 130.0, "percentile": False}
 
@@ -96,18 +100,129 @@ def test_the_query_schema_is_closed():
 
 
 def test_llm_settings_are_read_from_configuration_only():
-    assert llm_config(SimpleNamespace()) is None
-    assert llm_config(SimpleNamespace(llm_url="  ")) is None
-    cfg = llm_config(SimpleNamespace(llm_url="http://127.0.0.1:11434", llm_model="m", llm_api_key="k", llm_api="ollama"))
+    assert llm_config(Settings()) is None
+    assert llm_config(Settings(llm_url="  ")) is None
+    cfg = llm_config(Settings(llm_url="http://127.0.0.1:11434", llm_model="m", llm_api_key="k", llm_api="ollama"))
     assert cfg == LlmConfig(url="http://127.0.0.1:11434", model="m", api_key="k", api="ollama", timeout_s=30.0)
-    assert instant._endpoint(cfg) == "http://127.0.0.1:11434/api/chat"
-    assert instant._endpoint(LlmConfig(url="http://h/v1", model="m")) == "http://h/v1/chat/completions"
-    assert instant._endpoint(LlmConfig(url="http://h/", model="m")) == "http://h/v1/chat/completions"
-    from sidecar.config import Settings
+    assert chat_url(cfg) == "http://127.0.0.1:11434/api/chat"
+    assert chat_url(LlmConfig(url="http://h/v1", model="m")) == "http://h/v1/chat/completions"
+    assert chat_url(LlmConfig(url="http://h/", model="m")) == "http://h/v1/chat/completions"
+    assert chat_url(LlmConfig(url="http://h/api/chat", model="m", api="ollama")) == "http://h/api/chat"
+    s = Settings(llm_url="http://127.0.0.1:1", llm_model="m", llm_api_key="secret-key")
+    assert llm_config(s).api_key == "secret-key" and "secret-key" not in repr(s)
 
-    if "llm_url" in Settings.model_fields:  # once the settings carry them
-        s = Settings(llm_url="http://127.0.0.1:1", llm_model="m")
-        assert llm_config(s).url == "http://127.0.0.1:1" and "llm_api_key" not in repr(s).replace("llm_api_key=''", "")
+
+# ------------------------------------------------------------------------------- on a small catalog
+# title: artist, album, genre, year (as tagged); tempo (BPM), key, loudness (dBFS); MusiCNN tags well above the noise
+SMALL = {
+    "a1": ("Iron Maiden", "Powerslave", "Heavy Metal", "1984-09-03", (150, "E minor", -6), {"metal": 0.9, "rock": 0.8}),
+    "a2": ("Iron Maiden", "Somewhere in Time", "Metal", "1986", (120, "E minor", -7), {"metal": 0.85}),
+    "b1": ("Miles Davis", "Kind of Blue", "Jazz", "1959", (95, "D minor", -20), {"jazz": 0.9}),
+    "b2": ("Miles Davis", "Kind of Blue", "Jazz", "1959", (125, "F major", -18), {"jazz": 0.8}),
+    "c1": ("Orbital", "In Sides", "Electronic", "1996", (122, "A minor", -9), {"electronic": 0.9}),
+    "c2": ("Orbital", None, "Electronic", "1993", (117, "A minor", -10), {"electronic": 0.8}),
+    "d1": (None, None, None, None, (70, "C major", -25), {"ambient": 0.9}),
+    "d2": (None, None, None, None, (100, "G major", -15), {"ambient": 0.7}),
+}
+
+
+def add_track(catalog: Catalog, title: str, artist, album, genre, year, features: dict | None, tags: dict, noise: np.random.Generator) -> str:
+    """A track as the ingest leaves it: its file's tags, MusiCNN's 50 tag probabilities and (if given) the DSP analysis."""
+    info = {"title": title, "artist": artist, "album": album, "genre": genre, "year": year}
+    track_id, _ = catalog.resolve_track(f"/music/{title}.ogg", f"hash-{title}", 1000, 1, info)
+    probs = {t: float(noise.uniform(0, 0.1)) for t in MSD_TAGS} | tags
+    catalog.record_embedding(track_id, "musicnn", "1", f"hash-{title}", tags=probs)
+    if features is not None:
+        catalog.record_embedding(track_id, "dsp", "1", f"hash-{title}", features=features)
+    return track_id
+
+
+@pytest.fixture
+def small_catalog(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.db")
+    noise = np.random.default_rng(0)
+    for title, (artist, album, genre, year, (tempo, key, loudness), tags) in SMALL.items():
+        features = {"tempo_bpm": tempo, "key": key.split()[0], "scale": key.split()[1], "loudness_db": loudness}
+        add_track(catalog, title, artist, album, genre, year, features, tags, noise)
+    yield catalog
+    catalog.close()
+
+
+def titles(idx, rows) -> list[str]:
+    return [idx.meta[r]["title"] for r in rows]
+
+
+def test_metadata_filters_apply_or_step_aside_with_a_note(small_catalog):
+    idx = IndexCache().current(small_catalog)
+    assert len(idx.track_ids) == 8 and sorted(m["year"] for m in idx.meta if m["year"])[:3] == [1959, 1959, 1984]
+    for query, kept in [
+        (InstantQuery(artist="iron MAIDEN"), {"a1", "a2"}),
+        (InstantQuery(album="kind of"), {"b1", "b2"}),
+        (InstantQuery(year_min=1990, year_max=1999), {"c1", "c2"}),  # "1984-09-03" is 1984
+        (InstantQuery(year_max=1969), {"b1", "b2"}),
+        (InstantQuery(genres=["metal"]), {"a1", "a2"}),  # "Heavy Metal" and "Metal"
+        (InstantQuery(key="A", scale="minor"), {"c1", "c2"}),
+        (InstantQuery(scale="major"), {"b2", "d1", "d2"}),
+    ]:
+        ap = apply_filters(idx, query, 10)
+        assert set(titles(idx, ap.candidates)) == kept and ap.notes == [], query
+        assert ap.query == query and ap.library == 8
+
+    ap = apply_filters(idx, InstantQuery(year_min=1970, year_max=1979), 10)  # no track: MusiCNN's decade tag stands in
+    assert (ap.query.year_min, ap.query.year_max, ap.query.include_tags) == (None, None, ["70s"])
+    assert "no track's year is in 1970–1979" in ap.notes[0] and "'70s' tag" in ap.notes[0]
+    ap = apply_filters(idx, InstantQuery(artist="Nobody", text="rainy"), 10)  # left to the text search
+    assert ap.query.artist is None and ap.query.text == "rainy Nobody" and len(ap.candidates) == 8 and "Nobody" in ap.notes[0]
+    ap = apply_filters(idx, InstantQuery(genres=["metal", "polka"]), 10)
+    assert ap.query.genres == ["metal"] and set(titles(idx, ap.candidates)) == {"a1", "a2"} and "'polka'" in ap.notes[0]
+
+
+def test_feature_ranges_are_hard_filters_and_their_centre_ranks(small_catalog):
+    idx = IndexCache().current(small_catalog)
+    ap = apply_filters(idx, InstantQuery(features=[FeatureRange(feature="tempo_bpm", min=110, max=130)]), 10)
+    ranked = rank_tracks(idx, ap, 10, None, None)
+    assert [t.title for t in ranked.tracks] == ["a2", "c1", "c2", "b2"]  # 120, 122, 117, 125 BPM: nearest 120 first
+    assert ranked.ranked_by == ["closeness to the feature ranges"] and ranked.tracks[0].reasons == ["tempo_bpm 120"]
+    assert ranked.tracks[0].tempo_bpm == 120 and ranked.tracks[0].score == 1.0 and ranked.tracks[-1].score == pytest.approx(0.5)
+    # relative words: percentile ranks of this library (the three loudest of eight are at or above 0.6)
+    ap = apply_filters(idx, InstantQuery(features=[FeatureRange(feature="loudness_db", min=0.6, percentile=True)]), 10)
+    assert set(titles(idx, ap.candidates)) == {"a1", "a2", "c1"}
+
+
+def test_tag_thresholds_relax_when_too_few_tracks_pass(small_catalog):
+    idx = IndexCache().current(small_catalog)
+    ap = apply_filters(idx, InstantQuery(include_tags=["metal"]), 2)
+    assert ap.threshold == 0.5 and len(ap.candidates) == 4 and ap.notes == []  # at least the median track's score
+    ranked = rank_tracks(idx, ap, 2, None, None)
+    assert [t.title for t in ranked.tracks] == ["a1", "a2"] and ranked.ranked_by == ["tags and concepts"]
+    assert ranked.tracks[0].reasons == ["metal 1.00"]
+    ap = apply_filters(idx, InstantQuery(include_tags=["metal"]), 5)
+    assert ap.threshold == 0.4 and len(ap.candidates) == 5 and "relaxed" in ap.notes[0]
+    ap = apply_filters(idx, InstantQuery(exclude_tags=["metal"], include_concepts=["quiet"]), 10)
+    assert {"a1", "a2"}.isdisjoint(titles(idx, ap.candidates)) and ap.constraints == [("tag", "metal", False), ("concept", "quiet", True)]
+    ranked = rank_tracks(idx, apply_filters(idx, InstantQuery(include_concepts=["quiet"]), 2), 2, None, None)
+    assert [(t.title, t.reasons) for t in ranked.tracks] == [("d1", ["quiet 1.00"]), ("b1", ["quiet 0.86"])]  # the quietest two
+
+
+def test_without_a_text_search_left_over_words_are_noted_and_the_library_order_ranks(small_catalog):
+    idx = IndexCache().current(small_catalog)
+    ap = apply_filters(idx, InstantQuery(text="rainy day"), 3)
+    ranked = rank_tracks(idx, ap, 3, None, None, "no text encoder")
+    assert ranked.notes == ["text search is unavailable (no text encoder): 'rainy day' was not used"]
+    assert ranked.ranked_by == ["artist, album, title"] and [t.title for t in ranked.tracks] == ["d1", "d2", "a1"]
+
+
+def test_the_index_follows_the_catalog(small_catalog):
+    cache = IndexCache()
+    first = cache.current(small_catalog)
+    assert cache.current(small_catalog) is first  # nothing changed: no rebuild
+    add_track(small_catalog, "e1", "Someone", None, None, None, None, {"rock": 0.9}, np.random.default_rng(1))  # no DSP analysis
+    again = cache.current(small_catalog)
+    assert again is not first and len(again.track_ids) == 9
+    e1 = again.meta.index(next(m for m in again.meta if m["title"] == "e1"))
+    assert np.isnan(again.raw["tempo_bpm"][e1]) and again.pct["tempo_bpm"][e1] == 0.5  # unknown: no evidence either way
+    ap = apply_filters(again, InstantQuery(features=[FeatureRange(feature="tempo_bpm", max=200)]), 10)
+    assert "e1" not in titles(again, ap.candidates)
 
 
 # ------------------------------------------------------------------------------------ on real music
@@ -202,17 +317,24 @@ async def fake_llm():
 
 
 @pytest.mark.slow
-async def test_llm_fills_the_same_query_and_anything_else_falls_back(open_sidecar, analysed_library, fake_llm, monkeypatch):
+async def test_llm_fills_the_same_query_and_anything_else_falls_back(open_sidecar, analysed_library, fake_llm):
     from sidecar.http.app import make_app
 
     url, seen = fake_llm
     sc = await open_sidecar()
-    use = {"cfg": None}
-    monkeypatch.setattr(instant, "llm_config", lambda settings: use["cfg"])
     text = "music for dancing around 120 bpm, nothing orchestral"
+
+    def configure(url: str = "", model: str = "", api_key: str = "", api: str = "openai", timeout_s: float = 30.0) -> None:
+        """The running sidecar's LLM settings, read again by each request."""
+        s = sc.settings
+        s.llm_url, s.llm_model, s.llm_api_key, s.llm_api, s.llm_timeout_s = url, model, api_key, api, timeout_s
+
     async with TestClient(TestServer(make_app(sc))) as client:
         async def ask(**cfg) -> dict:
-            use["cfg"] = LlmConfig(url=url, **cfg) if cfg else None
+            if cfg:
+                configure(url=url, **cfg)
+            else:
+                configure()
             r = await client.post("/api/instant_playlist", json={"text": text, "limit": 5, "use_llm": True})
             assert r.status == 200
             return await r.json()
@@ -236,7 +358,7 @@ async def test_llm_fills_the_same_query_and_anything_else_falls_back(open_sideca
             body = await ask(model=model)
             assert body["parsed_by"] == "rules" and why in body["llm_error"] and "rules' parse" in body["llm_error"], body["llm_error"]
             assert body["query"]["features"] == rules["features"] and body["tracks"]
-        use["cfg"] = LlmConfig(url="http://127.0.0.1:9", model="good", timeout_s=2)  # nothing listens there
+        configure(url="http://127.0.0.1:9", model="good", timeout_s=2)  # nothing listens there
         r = await client.post("/api/instant_playlist", json={"text": text, "use_llm": True})
         assert (await r.json())["llm_error"].startswith("cannot reach the LLM")
 

@@ -543,7 +543,7 @@ async def test_mert_configured_by_settings_runs_in_the_ingest_pipeline_and_keeps
         plugins={"mert": {"checkpoint": str(mert_checkpoint)}},
     )
     sc = Sidecar(settings)
-    await sc.start(http=False, watch=False)
+    await sc.start(watch=False)
     try:
         await until_idle(sc, processed=5)
         assert sc.catalog.counts()["models"]["mert"] == {"done": 5, "failed": 0}

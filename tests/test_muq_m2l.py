@@ -470,7 +470,7 @@ def test_music2latent_embeds_real_music(tiny_m2l, clips, tmp_path):
     from music2latent.inference import encode_audio_inference
 
     holder = torch.nn.Module()
-    holder.encoder = e._encoder
+    holder.encoder = e._model
     window = a[: 2 * 44_100]
     up = encode_audio_inference(window, types.SimpleNamespace(gen=holder), 44_100 * 60, 1, device="cpu")
     torch.testing.assert_close(e._encode(window[None]), up.float(), rtol=1e-4, atol=1e-5)

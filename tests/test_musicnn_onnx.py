@@ -60,9 +60,9 @@ def excerpt_audio(excerpts) -> np.ndarray:
 def test_backend_defaults_to_onnx():
     e = MusicnnEmbedder()
     e.configure({})
-    assert (e.backend, e.threads) == ("onnx", 1)
+    assert (e.options.backend, e.options.threads) == ("onnx", 1)
     e.configure({"BACKEND": " TORCH ", "threads": "2"})
-    assert (e.backend, e.threads) == ("torch", 2)
+    assert (e.options.backend, e.options.threads) == ("torch", 2)
 
 
 @pytest.mark.parametrize("value", ["tensorflow", "onnx-int8", "cuda"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from schemas.api import TextRecommendationRequest
-from sidecar.text.zero_shot import FEATURES, LEXICON, METADATA_FIELDS, METADATA_MIN_SIMILARITY, MSD_TAGS, percentiles, top_k
+from sidecar.text.vocabulary import FEATURES, LEXICON, MSD_TAGS
+from sidecar.text.zero_shot import METADATA_FIELDS, METADATA_MIN_SIMILARITY, percentiles, top_k
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ async def test_mirror_serves_reads_and_writes_still_reach_milvus(open_sidecar, c
 
 
 def test_mirror_grows_again_after_compacting():
-    from sidecar.data.store import Mirror
+    from sidecar.data.mirror import Mirror
 
     m = Mirror(4)
     m.compact()  # empty: no spare rows left

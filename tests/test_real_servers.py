@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-# the fixtures' modules, until tests/conftest.py lists them in its pytest_plugins
-from tests.milvus_server import milvus_server, milvus_uri, unique_collection  # noqa: F401
-from tests.postgres_server import postgres_db, postgres_server, postgres_url  # noqa: F401
+# fixtures: tests/postgres_server.py and tests/milvus_server.py, listed in conftest.py's pytest_plugins
 
 
 def test_postgres_round_trip(postgres_url, postgres_db):

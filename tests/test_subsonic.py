@@ -21,12 +21,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from plugins.mediaserver import AuthError, NotFound, Unreachable, load_adapter_class, parse_time, redact
+from plugins.mediaserver import AuthError, NotFound, Unreachable, parse_time, redact
 from plugins.mediaserver.subsonic import SubsonicAdapter, token_for
 from schemas.events import ScanCompleted
 from sidecar.data.catalog import Catalog
 from sidecar.config import Settings
-from sidecar.mediaserver import SERVER, MediaServerService, PathMap, external_map, server_ids_for
+from sidecar.data.ids import MEDIA_SERVER
+from sidecar.mediaserver.matching import PathMap
+from sidecar.mediaserver.service import MediaServerService
 
 PASSWORD_SECRETS = ("correct horse&battery", "correct%20horse", "correct+horse")
 
@@ -84,25 +86,6 @@ def add_track(catalog: Catalog, path: Path | str, title=None, album=None, artist
 
 # ---------------------------------------------------------------------------------------------------------
 # pure pieces
-def test_path_map_joins_relative_paths_and_swaps_absolute_prefixes(tmp_path):
-    roots = [tmp_path / "a", tmp_path / "b"]
-    plain = PathMap("", roots)
-    assert plain.candidates("x/y.ogg") == [str(roots[0] / "x/y.ogg"), str(roots[1] / "x/y.ogg")]
-    assert plain.candidates("/srv/music/x.ogg") == ["/srv/music/x.ogg"]
-    assert plain.candidates(None) == []
-
-    m = PathMap("/music=/data/library", roots)
-    assert m.candidates("/music/Artist/Album/01.flac")[0] == "/data/library/Artist/Album/01.flac"
-    assert m.candidates("/musicals/x.flac")[0] == "/musicals/x.flac"  # a prefix matches whole components only
-    assert m.candidates("Artist/01.flac")[0] == "/data/library/Artist/01.flac"  # relative: joined to the local side
-    assert "/data/library/a.mp3" in PathMap("music=/data/library", roots).candidates("music/a.mp3")
-    assert PathMap(r"C:\Music=/m", roots).candidates(r"C:\Music\A\b.mp3")[0] == "/m/A/b.mp3"  # a Windows server
-    two = PathMap("/music=/l1; /other=/l2", roots)
-    assert two.candidates("/other/z.ogg")[0] == "/l2/z.ogg"
-    with pytest.raises(ValueError, match="SERVER_PREFIX=LOCAL_PREFIX"):
-        PathMap("/music", roots)
-
-
 def test_redaction_removes_every_kind_of_secret():
     url = "http://h:4533/rest/ping?u=al&p=enc%3A736563&t=abc123&s=salt1&apiKey=k3y&jwt=ey.J&v=1.16.1"
     out = redact(url)
@@ -113,9 +96,6 @@ def test_redaction_removes_every_kind_of_secret():
     assert redact('{"username": "a", "password": "hunter2", "token": "tt"}') == '{"username": "a", "password": "***", "token": "***"}'
     assert "hunter2" not in redact("failed: hunter2 is wrong", "hunter2")
     assert parse_time("2026-11-20T18:04:05.123456789Z") == datetime(2026, 11, 20, 18, 4, 5, 123456, timezone.utc)
-    assert load_adapter_class("subsonic") is SubsonicAdapter
-    with pytest.raises(LookupError, match="subsonic"):
-        load_adapter_class("nosuch")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -319,11 +299,11 @@ async def test_navidrome_history_tag_matching_scan_poll_and_event_stream(tmp_pat
         await media.start()
         try:
             await until(lambda: media.last_sync_at, 10, "the first sync")
-            ids = external_map(sc.catalog)
+            ids = sc.catalog.tracks_by_external_id()
             assert ids == {"nd1": by_path, "nd2": by_tags}
             assert media.listing.via_tags == 1 and set(media.listing.pending) == {"nd3"}
             assert dict(sc.catalog.favorites("alice")).keys() == {by_path, by_tags}  # starred, and rated 4
-            assert sc.catalog._q("SELECT play_count FROM ratings WHERE track_id = ?", (by_tags,))[0]["play_count"] == 3
+            assert sc.catalog.user_ratings("alice")[by_tags] == (4, False, 3)
             assert sc.catalog.recent_listens("alice") == [(by_tags, parse_time(played_at).timestamp())]
 
             # the user unstars, unrates and plays again; the next sync follows
@@ -339,11 +319,11 @@ async def test_navidrome_history_tag_matching_scan_poll_and_event_stream(tmp_pat
             # the third song's file is analysed later: matched without asking the server again
             asked = len(nd.requests)
             nd3 = add_track(sc.catalog, root / "elsewhere/na.ogg", title="Not Analysed", album="Elsewhere")
-            await until(lambda: external_map(sc.catalog).get("nd3") == nd3, 10, "the late match")
+            await until(lambda: sc.catalog.tracks_by_external_id().get("nd3") == nd3, 10, "the late match")
             assert not any(r["endpoint"] == "search3" for r in nd.requests[asked:])
 
             # a scan, seen by the poller: scanning, then done with a new lastScan
-            await until(lambda: media.scan_watch == "getScanStatus", 5, "the poller")
+            await until(lambda: media.scans.watch == "getScanStatus", 5, "the poller")
             nd.scan.update(scanning=True, count=3)
             await asyncio.sleep(0.3)
             nd.scan.update(scanning=False, count=11, lastScan="2026-11-21T09:00:00Z")
@@ -352,9 +332,9 @@ async def test_navidrome_history_tag_matching_scan_poll_and_event_stream(tmp_pat
             assert isinstance(e, ScanCompleted) and e.roots == [str(root)]
 
             # and by the event stream, once Navidrome serves it (the poller then leaves scans to it)
-            assert "no Navidrome event stream (HTTP 404)" in (media.error or "") or media.events_state == "connecting"
+            assert "no Navidrome event stream (HTTP 404)" in (media.error or "") or media.scans.events_state == "connecting"
             nd.events_enabled = True
-            await until(lambda: media.events_state == "connected", 5, "the event stream")
+            await until(lambda: media.scans.events_state == "connected", 5, "the event stream")
             polled = len(sc.bus.events)
             await nd.sse.put(("scanStatus", {"scanning": True, "count": 1, "folderCount": 1}))
             nd.scan.update(scanning=True)
@@ -371,7 +351,7 @@ async def test_navidrome_history_tag_matching_scan_poll_and_event_stream(tmp_pat
             nd.songs[1]["userRating"] = 5
             await nd.sse.put(("refreshResource", {"song": ["nd2"], "album": ["al-Wesnoth"]}))
             await until(lambda: media.last_sync_at != synced, 5, "the sync after refreshResource")
-            assert sc.catalog._q("SELECT rating FROM ratings WHERE track_id = ?", (by_tags,))[0]["rating"] == 5
+            assert sc.catalog.user_ratings("alice")[by_tags][0] == 5
             endpoints = [r["endpoint"] for r in nd.requests[asked:]]
             assert "getSong" in endpoints and "search3" not in endpoints
             assert media.status().connected and media.status().songs_matched == 3
@@ -506,7 +486,7 @@ async def test_stars_become_favourites_and_server_scans_trigger_a_reconcile(supy
         await until(lambda: media.last_sync_at, 10, "the first sync")
         async with adapter_for(supysonic) as a:
             songs = {s.path: s.id for s in await a.songs()}
-            assert external_map(sc.catalog) == {songs[str(f.relative_to(supysonic.music))]: tracks[str(f)] for f in files}
+            assert sc.catalog.tracks_by_external_id() == {songs[str(f.relative_to(supysonic.music))]: tracks[str(f)] for f in files}
             assert sc.catalog.resolve_ids(list(songs.values())) == {sid: tracks[str(supysonic.music / p)] for p, sid in songs.items()}
 
             star = [songs[str(files[i].relative_to(supysonic.music))] for i in (1, 4)]
@@ -523,7 +503,7 @@ async def test_stars_become_favourites_and_server_scans_trigger_a_reconcile(supy
                     await a.unstar(sid)
 
             # a scan by the server's daemon: the poller publishes scan.completed for the music folder
-            await until(lambda: media.scan_watch == "getScanStatus", 5, "the poller")
+            await until(lambda: media.scans.watch == "getScanStatus", 5, "the poller")
             await asyncio.sleep(1.1)  # supysonic stamps scans to the second
             await a.start_scan()
             event = await until(lambda: next((e for e in sc.bus.events if e.source == "subsonic-poll"), None), 15, "a scan.completed")
@@ -547,7 +527,7 @@ async def start_sidecar(tmp_path, models_dir):
         (data / "models").symlink_to(models_dir)
         sc = Sidecar(Settings(music_dir=music, data_dir=data, reconcile_interval_s=0, **settings))
         made.append(sc)
-        await sc.start(http=False, watch=False)
+        await sc.start(watch=False)
         if getattr(sc, "media", None) is None and settings.get("media_server_url"):  # until service.py starts it
             sc.media = MediaServerService(sc)
             await sc.media.start()
@@ -604,7 +584,7 @@ async def test_end_to_end_ids_recommendations_playlists_and_webhooks(start_sidec
     code, rec = await http(sc, "POST", "/api/recommendations", {"seeds": [{"track_id": seed}], "limit": 4})
     assert code == 200, rec
     ours = [t["track_id"] for t in rec["tracks"]]
-    server_ids = server_ids_for(sc.catalog, ours)
+    server_ids = sc.catalog.external_ids(ours)
     assert len(ours) == 4 and set(server_ids) == set(ours)
     if "server_id" in rec["tracks"][0]:  # once the schema carries it (see docs/NAVIDROME.md)
         assert [t["server_id"] for t in rec["tracks"]] == [server_ids[t] for t in ours]
@@ -684,7 +664,7 @@ async def test_a_wrong_password_or_a_dead_server_leaves_the_sidecar_serving(star
     code, status = await http(sc, "GET", "/api/mediaserver")
     assert code == 200 and not status["connected"] and "Wrong username or password" in status["last_error"]
     assert supysonic.url in status["last_error"] and "retries" in status["last_error"]
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "sidecar.mediaserver"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("sidecar.mediaserver")]
     assert errors and "Wrong username or password" in errors[0].getMessage()
     attempts = len([r for r in supysonic.log().splitlines() if "Failed login attempt" in r])
     await asyncio.sleep(1.0)
@@ -692,7 +672,7 @@ async def test_a_wrong_password_or_a_dead_server_leaves_the_sidecar_serving(star
     code, body = await http(sc, "POST", "/api/playlists", {"name": "x", "track_ids": ["a"]})
     assert code == 400 and body["field"] == "track_ids.0"  # our own validation first: no track 'a'
     tid = add_track(sc.catalog, "/nowhere/x.ogg")
-    sc.catalog.set_external_id(SERVER, "song-x", tid)
+    sc.catalog.set_external_id(MEDIA_SERVER, "song-x", tid)
     code, refused = await http(sc, "POST", "/api/playlists", {"name": "x", "track_ids": ["song-x"]})
     assert code == 502 and supysonic.url in refused["error"] and "Wrong username or password" in refused["error"]
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by the windowed transformer embedders (MERT, CLAP; reusable by MuQ, Music2Latent...).
+"""Windows and pooling, shared by the checkpoint embedders (MERT, CLAP, MuQ, MuQ-MuLan, Music2Latent).
 
 Windowing: a track is cut into at most `max_windows` windows of `window` samples. Without a cap the windows
 tile the track (their count is ceil(n / window)); the first starts at 0 and the last ends at the last sample,
@@ -13,28 +13,15 @@ Pooling:
 
     l2_normalize(x, axis=-1)        # unit vectors along `axis` (zero vectors stay zero)
     pooled_mean_std(means, vars_, counts)  # combine per-window frame statistics into the whole-track ones
-
-Options (every message names the environment variable that sets the option):
-
-    checkpoint_dir(plugin, options)               # the required `checkpoint` option as an existing directory
-    number_option(plugin, options, key, default, kind=int, minimum=1)
-    checkpoint_fingerprint(path)                  # 8 hex digits naming the checkpoint's files, for `version`
+    mean_spread_vector(mean, std, pooling)  # (..., blocks, features) statistics -> (..., dim) unit vectors
 """
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from sidecar.plugins import EmbedderUnavailable, option_env
-
-__all__ = [
-    "window_starts", "split_windows", "l2_normalize", "pooled_mean_std", "checkpoint_dir", "number_option",
-    "checkpoint_fingerprint",
-]  # fmt: skip
+__all__ = ["window_starts", "split_windows", "l2_normalize", "pooled_mean_std", "mean_spread_vector"]
 
 
 def window_starts(n_samples: int, window: int, max_windows: int) -> np.ndarray:
@@ -68,11 +55,14 @@ def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarra
 
 
 def mean_spread_vector(mean: np.ndarray, std: np.ndarray, pooling: str) -> np.ndarray:
-    """The "mean plus spread" track or segment vector: pooling "meanstd" joins the L2-normalised mean and
-    standard deviation with equal weight (a unit vector); "mean" keeps the normalised mean alone."""
-    if pooling == "mean":
-        return l2_normalize(mean)
-    return (np.concatenate([l2_normalize(mean), l2_normalize(std)], axis=-1) / np.sqrt(2.0)).astype(np.float32)
+    """The "mean plus spread" vectors of (..., blocks, features) statistics (a block: one layer, or the mean of
+    several): each block's mean, and with pooling "meanstd" its standard deviation, L2-normalised and joined
+    with equal weights, so the (..., pieces x features) result is a unit vector in which no block or statistic
+    drowns the others by scale; pooling "mean" keeps the means alone."""
+    pieces = [l2_normalize(mean)] + ([l2_normalize(std)] if pooling == "meanstd" else [])
+    v = np.concatenate(pieces, axis=-2)
+    v = v / np.sqrt(v.shape[-2])
+    return v.reshape(*v.shape[:-2], -1).astype(np.float32)
 
 
 def pooled_mean_std(means: np.ndarray, vars_: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,57 +78,3 @@ def pooled_mean_std(means: np.ndarray, vars_: np.ndarray, counts: np.ndarray) ->
     mean = (w * means).sum(axis=0) / total
     var = (w * (vars_ + (means - mean) ** 2)).sum(axis=0) / total
     return mean.astype(np.float32), np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
-
-
-def checkpoint_dir(plugin: str, options: Mapping[str, str], *, required_files: tuple[str, ...] = ("config.json",)) -> Path:
-    """The `checkpoint` option as an existing directory holding `required_files`; EmbedderUnavailable otherwise."""
-    env = option_env(plugin, "checkpoint")
-    raw = str(options.get("checkpoint") or "").strip()
-    if not raw:
-        raise EmbedderUnavailable(
-            f"the {plugin} embedder needs a local checkpoint directory: set {env}=/path/to/checkpoint"
-        )
-    path = Path(raw).expanduser()
-    if not path.is_dir():
-        raise EmbedderUnavailable(f"{env}={raw}: no such directory")
-    missing = [f for f in required_files if not (path / f).is_file()]
-    if missing:
-        raise EmbedderUnavailable(
-            f"{env}={raw} is not a checkpoint directory for {plugin}: {', '.join(missing)} missing"
-        )
-    return path
-
-
-def number_option(
-    plugin: str, options: Mapping[str, str], key: str, default: float, *, kind: type = int, minimum: float = 1
-) -> float:
-    """Option `key` parsed as `kind` (int or float), at least `minimum`; `default` when unset or empty."""
-    raw = options.get(key)
-    if raw is None or str(raw).strip() == "":
-        return kind(default)
-    try:
-        value = kind(str(raw).strip())
-    except ValueError:
-        raise EmbedderUnavailable(f"{option_env(plugin, key)}={raw!r} is not a valid {kind.__name__}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise EmbedderUnavailable(f"{option_env(plugin, key)}={raw!r} must be at least {minimum}")
-    return value
-
-
-def checkpoint_fingerprint(path: Path) -> str:
-    """8 hex digits from the checkpoint's JSON configs and Python files (contents) and weight files (names and sizes).
-
-    Put it in an embedder's `version`, so that pointing the option at another checkpoint (95M -> 330M, a new
-    release) re-embeds the library. Cheap: weights are not read. Two fine-tunes with identical configs and
-    identical file sizes would collide; change another option or the directory's configs to tell them apart.
-    """
-    path = Path(path)
-    h = hashlib.blake2b(digest_size=4)
-    for f in sorted(path.iterdir()):
-        if not f.is_file():
-            continue
-        if f.suffix in (".json", ".py"):
-            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-        elif f.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth"):
-            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-    return h.hexdigest()

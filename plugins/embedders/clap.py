@@ -24,73 +24,49 @@ checkpoint (a fingerprint of its configs and weight files) and the window cap. O
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from schemas.embedding import EmbedResult
-from sidecar.plugins import Embedder, EmbedderUnavailable, option_env
+from sidecar.plugins import EmbedderUnavailable, option_env
 
-from ._windows import checkpoint_dir, checkpoint_fingerprint, l2_normalize, number_option, split_windows
+from ._checkpoint import CheckpointEmbedder, checkpoint_fingerprint
+from ._windows import l2_normalize
 
 __all__ = ["ClapEmbedder"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 4  # audio windows per forward pass
 TEXT_BATCH = 32
-MIN_SECONDS = 1.0
-DEFAULTS = {"max_windows": 12, "device": "cpu"}
 
 
-class ClapEmbedder(Embedder):
+class ClapEmbedder(CheckpointEmbedder):
     name = "clap"
+    title = "CLAP"
     version = "clap-unloaded"
     dim = 512  # replaced in load() by the checkpoint's projection_dim
     sample_rate = 48_000  # replaced in load() by the feature extractor's rate
     supports_text = True
-    store_segments = True
+    checkpoint_files = (("config.json",), ("preprocessor_config.json",))
 
     def __init__(self) -> None:
-        self.options: dict[str, str] = {}
-        self._model = None
         self._fe = None
         self._tokenizer = None
-        self._device = None
-        # a fast tokenizer's Rust object refuses concurrent use ("Already borrowed") when padding/truncation
-        # settings are applied; tokenisation is cheap, so it is serialised. The model itself is not.
-        self._tok_lock = threading.Lock()
-        self.configure({})
-
-    def configure(self, options) -> None:
-        self.options = {k.lower(): str(v) for k, v in dict(options).items()}
-        self.max_windows = number_option(self.name, self.options, "max_windows", DEFAULTS["max_windows"], kind=int, minimum=1)
-        self.device = (self.options.get("device") or DEFAULTS["device"]).strip()
-
-    def _checkpoint(self) -> Path:
-        return checkpoint_dir(self.name, self.options, required_files=("config.json", "preprocessor_config.json"))
-
-    # ---------------------------------------------------------------------------------------------- setup
-    def prepare(self, models_dir: Path) -> None:
-        """Nothing to download (weights come from the configured directory); checks that it is there."""
-        self._checkpoint()
+        self._window = 0
+        super().__init__()
 
     def load(self, models_dir: Path) -> None:
-        path = self._checkpoint()
+        path = self.checkpoint()
         env = option_env(self.name, "checkpoint")
         if not ((path / "tokenizer.json").is_file() or all((path / f).is_file() for f in ("vocab.json", "merges.txt"))):
             raise EmbedderUnavailable(
                 f"{env}={path} has no tokenizer (vocab.json and merges.txt, or tokenizer.json): ClapProcessor "
                 "needs the RoBERTa tokenizer files saved with the checkpoint; copy them from its repository"
             )
-        import torch
         from transformers import ClapModel, ClapProcessor
 
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, ValueError) as e:
-            raise EmbedderUnavailable(f"{option_env(self.name, 'device')}={self.device!r}: {e}") from None
+        device = self.torch_device()
         try:
             processor = ClapProcessor.from_pretrained(str(path), local_files_only=True)
             model = ClapModel.from_pretrained(str(path), local_files_only=True)
@@ -106,24 +82,23 @@ class ClapEmbedder(Embedder):
         self._fe, self._tokenizer, self._model, self._device = fe, tok, model, device
         self.sample_rate = int(fe.sampling_rate)
         self.dim = int(model.config.projection_dim)
-        try:  # one short dry run of both towers: catches a device that is not there, or a feature extractor
-            # whose mel layout does not fit the model (fused "fusion" mels for an unfused model...)
+        # both towers: catches a feature extractor whose mel layout does not fit the model (fused mels for an
+        # unfused model...) as well as a device that is not there
+        with self.dry_run(path):
             model.eval().requires_grad_(False).to(device)
             probe = self.audio_windows(np.zeros((1, self.sample_rate), dtype=np.float32))
             self.embed_text(["music"])
-        except Exception as e:
-            self._model = None
-            raise EmbedderUnavailable(
-                f"the CLAP checkpoint in {path} ({env}) does not run on {option_env(self.name, 'device')}={self.device}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
         if probe.shape != (1, self.dim):
             self._model = None
             raise EmbedderUnavailable(f"the CLAP checkpoint in {path} makes {probe.shape[1]}-d audio vectors, not {self.dim}")
-        self.version = f"clap-{checkpoint_fingerprint(path)}-w{self._window / self.sample_rate:g}sx{self.max_windows}-1"
+        self.version = f"clap-{checkpoint_fingerprint(path)}-w{self._window / self.sample_rate:g}sx{self.options.max_windows}-1"
         log.info("CLAP loaded from %s: %d Hz, %d-d (%s)", path, self.sample_rate, self.dim, self.version)
 
     # ---------------------------------------------------------------------------------------------- inference
+    def window_samples(self) -> int:
+        """The model's own input length, so the feature extractor never takes a random crop."""
+        return self._window
+
     def audio_windows(self, windows: np.ndarray) -> np.ndarray:
         """(n, samples) windows, each at most the model's input length -> (n, dim) unit vectors."""
         import torch
@@ -131,23 +106,16 @@ class ClapEmbedder(Embedder):
         model, fe, device = self._model, self._fe, self._device
         out = []
         with torch.inference_mode():
-            for i in range(0, len(windows), BATCH):
-                feats = fe(list(windows[i : i + BATCH]), sampling_rate=self.sample_rate, return_tensors="pt")
+            for i in range(0, len(windows), self.batch):
+                feats = fe(list(windows[i : i + self.batch]), sampling_rate=self.sample_rate, return_tensors="pt")
                 kwargs = {"input_features": feats["input_features"].to(device)}
                 if "is_longer" in feats:
                     kwargs["is_longer"] = torch.as_tensor(feats["is_longer"]).to(device)
                 out.append(model.get_audio_features(**kwargs).float().cpu().numpy())
         return l2_normalize(np.concatenate(out))
 
-    def embed(self, audio: np.ndarray) -> EmbedResult:
-        if self._model is None:
-            raise EmbedderUnavailable("CLAP is not loaded: call load() first")
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or len(audio) < MIN_SECONDS * self.sample_rate:
-            raise ValueError(f"CLAP needs mono audio of at least {MIN_SECONDS:g} s at {self.sample_rate} Hz")
-        if not np.all(np.isfinite(audio)):
-            raise ValueError("audio contains NaN or infinite samples")
-        segments = self.audio_windows(split_windows(audio, self._window, self.max_windows))
+    def embed_windows(self, windows: np.ndarray) -> EmbedResult:
+        segments = self.audio_windows(windows)
         return EmbedResult(vector=l2_normalize(segments.mean(axis=0)), segments=segments)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
@@ -163,7 +131,7 @@ class ClapEmbedder(Embedder):
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), TEXT_BATCH):
-                with self._tok_lock:
+                with self.tokenizer_lock:
                     tokens = self._tokenizer(
                         texts[i : i + TEXT_BATCH], padding=True, truncation=True, max_length=self._max_tokens,
                         return_tensors="pt",

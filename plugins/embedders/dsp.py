@@ -253,6 +253,7 @@ class DspEmbedder(Embedder):
     def __init__(self) -> None:
         import librosa
 
+        super().__init__()  # no options: an option set for dsp is an error naming it
         self._freqs = librosa.fft_frequencies(sr=SR, n_fft=N_FFT)
         self._freqs32 = self._freqs.astype(np.float32)
         self._mel_fb = librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS).astype(np.float32)

@@ -35,17 +35,17 @@ representation, pooling and windowing. Option `device` (default cpu, e.g. cuda).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
-from schemas.embedding import EmbedResult
-from sidecar.plugins import Embedder, EmbedderUnavailable, option_env
+from sidecar.plugins import CaseInsensitive, EmbedderUnavailable, option_env
 
-from ._windows import mean_spread_vector, number_option, pooled_mean_std, split_windows
+from ._checkpoint import MAX_DIM, CheckpointEmbedder, CheckpointOptions, MaxWindows, Pooling, WindowSeconds, checkpoint_fingerprint
 
 __all__ = ["Music2LatentEmbedder", "CHECKPOINT_FILE", "read_checkpoint", "encoder_state"]
 
@@ -53,12 +53,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "music2latent.pt"
 LICENCE_NOTE = "Music2Latent's code and weights are licensed CC-BY-NC-4.0 (non-commercial use only)"
-REPRESENTATIONS = ("latents", "features")
-POOLINGS = ("meanstd", "mean")
-MIN_SECONDS = 1.0
 MAX_WINDOW_S = 60.0  # the package's max_waveform_length_encode: one piece, no chunking inside a window
-BATCH = 2
-MAX_DIM = 32_768
 _PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -104,64 +99,46 @@ def encoder_state(ckpt: dict, path: Path, env: str) -> dict:
     return out
 
 
-class Music2LatentEmbedder(Embedder):
+class Music2LatentEmbedder(CheckpointEmbedder):
     name = "music2latent"
+    title = "Music2Latent"
     version = "music2latent-unloaded"
     dim = 0
     sample_rate = 44_100
-    supports_text = False
-    store_segments = True
+    checkpoint_hint = f"the {CHECKPOINT_FILE} file of SonyCSLParis/music2latent; {LICENCE_NOTE}"
+    batch = 2
 
-    DEFAULTS = {"representation": "latents", "pooling": "meanstd", "window_s": 10.0, "max_windows": 4, "device": "cpu"}
+    class Options(CheckpointOptions):
+        checkpoint: Path | None = Field(None, description=f"the local {CHECKPOINT_FILE}, or a directory holding it")
+        representation: Annotated[Literal["latents", "features"], CaseInsensitive] = Field(
+            "latents", description="latents: the 64-channel bottleneck; features: the 8192-channel pre-bottleneck features"
+        )
+        pooling: Pooling = "meanstd"
+        window_s: Annotated[WindowSeconds, Field(le=MAX_WINDOW_S)] = 10.0
+        max_windows: MaxWindows = 4
+
+    options: Options
 
     def __init__(self) -> None:
-        self._encoder = None
-        self._device = None
         self._consts: tuple[int, int, float] = (512, 8, 0.06)
-        self.configure({})
+        super().__init__()
 
-    # ---------------------------------------------------------------------------------------------- options
-    def configure(self, options) -> None:
-        self.options = {k.lower(): str(v) for k, v in dict(options).items()}
-        o = self.options
-        self.representation = (o.get("representation") or self.DEFAULTS["representation"]).strip().lower()
-        if self.representation not in REPRESENTATIONS:
-            raise EmbedderUnavailable(
-                f"{option_env(self.name, 'representation')}={self.representation!r}: use one of {', '.join(REPRESENTATIONS)}"
-            )
-        self.pooling = (o.get("pooling") or self.DEFAULTS["pooling"]).strip().lower()
-        if self.pooling not in POOLINGS:
-            raise EmbedderUnavailable(f"{option_env(self.name, 'pooling')}={self.pooling!r}: use one of {', '.join(POOLINGS)}")
-        self.window_s = number_option(self.name, o, "window_s", self.DEFAULTS["window_s"], kind=float, minimum=MIN_SECONDS)
-        if self.window_s > MAX_WINDOW_S:
-            raise EmbedderUnavailable(f"{option_env(self.name, 'window_s')}={self.window_s:g}: at most {MAX_WINDOW_S:g} seconds")
-        self.max_windows = number_option(self.name, o, "max_windows", self.DEFAULTS["max_windows"], kind=int, minimum=1)
-        self.device = (o.get("device") or self.DEFAULTS["device"]).strip()
-
-    def _checkpoint(self) -> Path:
-        env = option_env(self.name, "checkpoint")
-        hint = f"the {CHECKPOINT_FILE} file of SonyCSLParis/music2latent; {LICENCE_NOTE}"
-        raw = str(self.options.get("checkpoint") or "").strip()
-        if not raw:
-            raise EmbedderUnavailable(
-                f"the music2latent embedder needs a local checkpoint: set {env}=/path/to/{CHECKPOINT_FILE} ({hint})"
-            )
-        path = Path(raw).expanduser()
+    def checkpoint(self) -> Path:
+        """The `checkpoint` option as the checkpoint file (given, or in the given directory)."""
+        env, raw = option_env(self.name, "checkpoint"), self.options.checkpoint
+        if raw is None:
+            raise self.unavailable(f"the music2latent embedder needs a local checkpoint: set {env}=/path/to/{CHECKPOINT_FILE}")
+        path = raw.expanduser()
         if path.is_dir():
             if not (path / CHECKPOINT_FILE).is_file():
-                raise EmbedderUnavailable(f"{env}={raw}: no {CHECKPOINT_FILE} in that directory ({hint})")
+                raise self.unavailable(f"{env}={raw}: no {CHECKPOINT_FILE} in that directory")
             path = path / CHECKPOINT_FILE
         elif not path.is_file():
-            raise EmbedderUnavailable(f"{env}={raw}: no such file or directory ({hint})")
+            raise self.unavailable(f"{env}={raw}: no such file or directory")
         return path
 
-    # ---------------------------------------------------------------------------------------------- setup
-    def prepare(self, models_dir: Path) -> None:
-        """Nothing to download (the weights come from the configured file); checks that it is there."""
-        self._checkpoint()
-
     def load(self, models_dir: Path) -> None:
-        path = self._checkpoint()
+        path = self.checkpoint()
         env = option_env(self.name, "checkpoint")
         import torch
 
@@ -170,12 +147,7 @@ class Music2LatentEmbedder(Embedder):
             from music2latent import models as m2l
         except Exception as e:
             raise EmbedderUnavailable(f"cannot import music2latent ({type(e).__name__}: {e}): pip install music2latent==0.1.8") from e
-        try:
-            device = torch.device(self.device)
-            torch.empty(0, device=device)  # a device this torch build cannot use fails here, not mid-load
-        except (RuntimeError, ValueError, AssertionError) as e:
-            raise EmbedderUnavailable(f"{option_env(self.name, 'device')}={self.device!r}: {e}") from None
-
+        device = self.torch_device()
         state = encoder_state(read_checkpoint(path, env), path, env)
         with torch.random.fork_rng(devices=[]):  # building draws random initial weights: leave the global RNG be
             encoder = m2l.Encoder()
@@ -188,22 +160,19 @@ class Music2LatentEmbedder(Embedder):
         encoder.eval().requires_grad_(False).to(device)
         hop = int(m2l.hop)
         down = 2 ** list(m2l.freq_downsample_list).count(0)
-        self._encoder, self._device = encoder, device
+        self._model, self._device = encoder, device
         self._consts = (hop, down, float(hparams_inference.sigma_rescale))
-        try:
+        with self.dry_run(path):
             probe = self._encode(np.zeros((1, self.sample_rate), dtype=np.float32))
-        except Exception as e:
-            self._encoder = None
-            raise EmbedderUnavailable(f"the Music2Latent encoder from {path} does not run here: {type(e).__name__}: {e}") from e
         channels = int(probe.shape[1])
-        dim = channels * (2 if self.pooling == "meanstd" else 1)
+        o = self.options
+        dim = channels * (2 if o.pooling == "meanstd" else 1)
         if dim > MAX_DIM:
-            self._encoder = None
-            raise EmbedderUnavailable(f"{channels}-channel {self.representation} give {dim}-d vectors, over Milvus's {MAX_DIM}")
+            self._model = None
+            raise EmbedderUnavailable(f"{channels}-channel {o.representation} give {dim}-d vectors, over Milvus's {MAX_DIM}")
         self.dim = dim
-        fp = hashlib.blake2b(f"{path.name}\0{path.stat().st_size}".encode(), digest_size=4).hexdigest()
         self.version = (
-            f"music2latent-{fp}-{self.representation}{channels}-{self.pooling}-w{self.window_s:g}sx{self.max_windows}-1"
+            f"music2latent-{checkpoint_fingerprint(path)}-{o.representation}{channels}-{o.pooling}-w{o.window_s:g}sx{o.max_windows}-1"
         )
         log.info("Music2Latent encoder loaded from %s: %d-d (%s); %s", path, dim, self.version, LICENCE_NOTE)
 
@@ -217,37 +186,13 @@ class Music2LatentEmbedder(Embedder):
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self._device)
         length = x.shape[-1]
         cropped = ((((length - 3 * hop) // hop) // down) * hop * down) + 3 * hop
-        features = self.representation == "features"
+        features = self.options.representation == "features"
         with torch.inference_mode():
             r = to_representation_encoder(x[:, :cropped])
-            z = self._encoder(r, extract_features=features)
+            z = self._model(r, extract_features=features)
             if not features:
                 z = z / sigma_rescale
         return z.float()
 
-    def window_stats(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-window statistics over time: means (n, C), variances (n, C), frame counts (n,)."""
-        means, vars_, counts = [], [], []
-        for i in range(0, len(windows), BATCH):
-            z = self._encode(windows[i : i + BATCH])  # (b, C, T)
-            means.append(z.mean(dim=-1).cpu().numpy())
-            vars_.append(z.var(dim=-1, unbiased=False).cpu().numpy())
-            counts += [z.shape[-1]] * z.shape[0]
-        return np.concatenate(means), np.concatenate(vars_), np.asarray(counts)
-
-    def _vector(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-        return mean_spread_vector(mean, std, self.pooling)
-
-    def embed(self, audio: np.ndarray) -> EmbedResult:
-        if self._encoder is None:
-            raise EmbedderUnavailable("Music2Latent is not loaded: call load() first")
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or len(audio) < MIN_SECONDS * self.sample_rate:
-            raise ValueError(f"Music2Latent needs mono audio of at least {MIN_SECONDS:g} s at {self.sample_rate} Hz")
-        if not np.all(np.isfinite(audio)):
-            raise ValueError("audio contains NaN or infinite samples")
-        windows = split_windows(audio, int(round(self.window_s * self.sample_rate)), self.max_windows)
-        means, vars_, counts = self.window_stats(windows)
-        segments = self._vector(means, np.sqrt(vars_))
-        t_mean, t_std = pooled_mean_std(means, vars_, counts)
-        return EmbedResult(vector=self._vector(t_mean, t_std), segments=segments)
+    def frames(self, windows: np.ndarray):
+        return self._encode(windows).transpose(1, 2)  # (b, frames, channels)

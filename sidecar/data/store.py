@@ -10,6 +10,7 @@ mirror of each collection, loaded at start and kept in step by every write: an e
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sidecar.data.lite import LiteServer
+from sidecar.data.mirror import Mirror, Rows
 
 log = logging.getLogger(__name__)
 
@@ -25,101 +27,6 @@ ID_FIELD, VECTOR_FIELD, HASH_FIELD = "track_id", "vector", "content_hash"
 
 class StoreError(RuntimeError):
     pass
-
-
-class Mirror:
-    """An exact in-memory copy of one collection's track vectors (raw, as stored) and their norms."""
-
-    def __init__(self, dim: int):
-        self.ids: list[str] = []
-        self.pos: dict[str, int] = {}
-        self._mat = np.zeros((1024, dim), np.float32)
-        self._inv_norm = np.zeros(1024, np.float32)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def matrix(self) -> np.ndarray:
-        return self._mat[: len(self.ids)]
-
-    def put(self, ids: list[str], vectors: np.ndarray) -> None:
-        vectors = np.asarray(vectors, np.float32).reshape(len(ids), -1)
-        for tid, v in zip(ids, vectors):
-            i = self.pos.get(tid)
-            if i is None:
-                i = len(self.ids)
-                if i == len(self._mat):  # grow by doubling (at least 1024 rows)
-                    more = max(len(self._mat), 1024)
-                    self._mat = np.concatenate([self._mat, np.zeros((more, self._mat.shape[1]), np.float32)])
-                    self._inv_norm = np.concatenate([self._inv_norm, np.zeros(more, np.float32)])
-                self.ids.append(tid)
-                self.pos[tid] = i
-            self._mat[i] = v
-            self._inv_norm[i] = 1.0 / max(float(np.linalg.norm(v)), 1e-12)
-
-    def compact(self) -> None:
-        """Drop the spare rows that growing by doubling left (a quarter of the matrix at 100k)."""
-        n = len(self.ids)
-        self._mat, self._inv_norm = self._mat[:n].copy(), self._inv_norm[:n].copy()
-
-    def remove(self, ids: list[str]) -> None:
-        for tid in ids:
-            i = self.pos.pop(tid, None)
-            if i is None:
-                continue
-            last = len(self.ids) - 1
-            if i != last:  # move the last row into the hole
-                moved = self.ids[last]
-                self._mat[i], self._inv_norm[i] = self._mat[last], self._inv_norm[last]
-                self.ids[i] = moved
-                self.pos[moved] = i
-            self.ids.pop()
-
-    def get(self, ids: list[str]) -> dict[str, np.ndarray]:
-        return {t: self._mat[self.pos[t]].copy() for t in ids if t in self.pos}
-
-    def similarities(self, queries: np.ndarray) -> np.ndarray:
-        """Cosine similarity of every stored vector to a query (d,) -> (n,), or to several (k, d) -> (n, k)."""
-        q = np.asarray(queries, np.float32)
-        q = q / np.linalg.norm(q, axis=-1, keepdims=True).clip(1e-12)
-        n = len(self.ids)
-        inv = self._inv_norm[:n] if q.ndim == 1 else self._inv_norm[:n, None]
-        sims = self._mat[:n] @ q.T
-        sims *= inv  # in place: one pass fewer over the library
-        return sims
-
-    def search(self, query: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
-        sims = self.similarities(query)
-        for tid in exclude:
-            if (i := self.pos.get(tid)) is not None:
-                sims[i] = -np.inf
-        k = min(limit, len(sims))
-        if k <= 0:
-            return []
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(self.ids[i], float(sims[i])) for i in top if sims[i] > -np.inf]
-
-
-class Rows(list):
-    """Track ids in the row order of a similarity result (a copy taken with it). `row` finds a track's row through
-    the live mirror's index, checked against the copy, so a write since the copy cannot mislead it."""
-
-    def __init__(self, ids: list[str], pos: dict[str, int]):
-        super().__init__(ids)
-        self._pos = pos
-
-    def row(self, track_id: str) -> int | None:
-        i = self._pos.get(track_id)
-        if i is None:
-            return None
-        if i < len(self) and self[i] == track_id:
-            return i
-        try:  # moved by a write since the copy (rare): look it up in the copy itself
-            return self.index(track_id)
-        except ValueError:
-            return None
 
 
 def collection_name(model: str) -> str:
@@ -134,11 +41,21 @@ def _quoted(ids) -> str:
     return ", ".join('"' + str(i).replace('"', "") + '"' for i in ids)
 
 
+POOL = 2000  # without a mirror, whole-library similarities are taken over each query's nearest POOL tracks
+HNSW = {"M": 16, "efConstruction": 200}  # a Milvus server's index (Lite keeps FLAT: see FACTS.md)
+
+
 class VectorStore:
-    def __init__(self, uri: str, token: str = ""):
+    """Milvus (Lite or a server) as the store of record. With `mirror` (the default) every read is answered
+    from an exact in-memory copy; without, from Milvus itself: its HNSW index on a server, for libraries whose
+    vectors do not fit in memory, and for ingest workers, which only write."""
+
+    def __init__(self, uri: str, token: str = "", *, mirror: bool = True):
         self.uri = uri
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        self._milvus_lock = threading.Lock()  # Milvus Lite gains nothing from concurrent calls; keep them simple
+        self.mirror = mirror
+        # Milvus Lite gains nothing from concurrent calls; a server does, and its client is thread-safe
+        self._milvus_lock = threading.Lock() if self.is_lite else contextlib.nullcontext()
         # The mirrors' lock, held only for numpy work, never across a Milvus call, so that searches do not wait
         # for a write to Milvus (a re-embed writes all the time). Writers take it inside _milvus_lock.
         self._lock = threading.Lock()
@@ -171,7 +88,7 @@ class VectorStore:
         """Create the model's collection if missing, load it, and check its dimension. With `segments`, also
         the collection of its per-segment vectors (primary key "<track id>:<n>")."""
         self._ensure(collection_name(model), model, dim, pk_length=64)
-        if model not in self.mirrors:
+        if self.mirror and model not in self.mirrors:
             self.mirrors[model] = self._load_mirror(model, dim)
             if self.is_lite:
                 # Loaded, Lite keeps a second, normalised copy of every vector to search (80 MB at 100k x 200-d);
@@ -197,12 +114,15 @@ class VectorStore:
                 schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
                 schema.add_field(HASH_FIELD, DataType.VARCHAR, max_length=64)
                 index = self.client.prepare_index_params()
-                # FLAT: exact, and nothing to build in the background (see FACTS.md on Lite's HNSW files)
-                index.add_index(field_name=VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
+                if self.is_lite:  # exact, and nothing to build in the background (see FACTS.md on Lite's HNSW files)
+                    index.add_index(field_name=VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
+                else:
+                    index.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE", params=HNSW)
                 self.client.create_collection(name, schema=schema, index_params=index)
                 if track_field:
                     scalar = self.client.prepare_index_params()
-                    scalar.add_index(field_name=ID_FIELD, index_type="INVERTED")
+                    # Lite builds only INVERTED scalar indexes; a 2.3 server refuses it for strings and wants Trie
+                    scalar.add_index(field_name=ID_FIELD, index_type="INVERTED" if self.is_lite else "Trie")
                     self.client.create_index(name, scalar)
             else:
                 fields = self.client.describe_collection(name)["fields"]
@@ -217,22 +137,62 @@ class VectorStore:
 
     def _load_mirror(self, model: str, dim: int) -> Mirror:
         mirror = Mirror(dim)
-        with self._milvus_lock:
-            it = self.client.query_iterator(
-                collection_name(model), batch_size=8192, filter="", output_fields=[ID_FIELD, VECTOR_FIELD]
-            )
-            while batch := it.next():
-                mirror.put([r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32))
-            it.close()
+        for ids, vectors in self._all_vectors(model):
+            mirror.put(ids, vectors)
         mirror.compact()
         return mirror
+
+    def _all_vectors(self, model: str, batch_size: int = 8192):
+        """Every stored (ids, vectors), a batch at a time, as written so far (strong consistency on a server)."""
+        with self._milvus_lock:
+            if not self.is_lite:
+                # pymilvus's iterator cannot ask a 2.3 server for strong consistency (it falls back to a client-side
+                # timestamp and may see nothing yet); a strong query first makes the server catch up with every write
+                self.client.query(collection_name(model), filter="", output_fields=["count(*)"], **self._strong)
+            it = self.client.query_iterator(
+                collection_name(model), batch_size=batch_size, filter="", output_fields=[ID_FIELD, VECTOR_FIELD]
+            )
+            while batch := it.next():
+                yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
+            it.close()
+
+    @property
+    def _strong(self) -> dict:
+        """Reads that must see every write so far: a server's collections default to bounded staleness."""
+        return {} if self.is_lite else {"consistency_level": "Strong"}
+
+    def follow(self, model: str, upserted: list[str], deleted: list[str]) -> None:
+        """Bring the mirror up to date with writes another process made (from the catalog's vector log)."""
+        if model not in self.mirrors:
+            return
+        fresh = self._fetch(model, upserted, strong=True) if upserted else {}
+        with self._lock:
+            mirror = self.mirrors[model]
+            if fresh:
+                mirror.put(list(fresh), np.stack(list(fresh.values())))
+            gone = [t for t in deleted if t not in fresh] + [t for t in upserted if t not in fresh]  # deleted since
+            mirror.remove(gone)
+
+    def _fetch(self, model: str, track_ids: list[str], *, strong: bool = False) -> dict[str, np.ndarray]:
+        """The tracks' vectors from Milvus itself. `strong` waits until every write so far is visible (tenths of a
+        second on a server); a query does not need it (a vector a few seconds new may be missed)."""
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(track_ids), 1000):
+            with self._milvus_lock:
+                rows = self.client.get(
+                    collection_name(model), ids=list(track_ids[i : i + 1000]), output_fields=[ID_FIELD, VECTOR_FIELD],
+                    **(self._strong if strong else {}),
+                )
+            out.update({r[ID_FIELD]: np.asarray(r[VECTOR_FIELD], np.float32) for r in rows})
+        return out
 
     def upsert(self, model: str, rows: list[tuple[str, np.ndarray, str]]) -> None:
         data = [{ID_FIELD: tid, VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), HASH_FIELD: h} for tid, v, h in rows]
         with self._milvus_lock:
             self.client.upsert(collection_name(model), data)
-            with self._lock:
-                self.mirrors[model].put([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
+            if model in self.mirrors:
+                with self._lock:
+                    self.mirrors[model].put([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
 
     def replace_segments(self, model: str, track_id: str, vectors: np.ndarray, content_hash: str) -> None:
         """The track's segment vectors, replacing any it had (a re-embed may make fewer segments)."""
@@ -256,41 +216,82 @@ class VectorStore:
         if track_ids:
             with self._milvus_lock:
                 self.client.delete(collection_name(model), ids=list(track_ids))
-                with self._lock:
-                    self.mirrors[model].remove(list(track_ids))
+                if model in self.mirrors:
+                    with self._lock:
+                        self.mirrors[model].remove(list(track_ids))
                 if segments_name(model) in self._dims:
                     self.client.delete(segments_name(model), filter=f"{ID_FIELD} in [{_quoted(track_ids)}]")
 
+    # ---- reads: from the mirror where there is one, else from Milvus
     def get_vectors(self, model: str, track_ids: list[str]) -> dict[str, np.ndarray]:
+        if model not in self.mirrors:
+            return self._fetch(model, list(track_ids))
         with self._lock:
             return self.mirrors[model].get(list(track_ids))
 
     def stacked(self, model: str, track_ids: list[str]) -> tuple[list[str], np.ndarray]:
         """Those of `track_ids` the model has, in their order, and their vectors as one (n, dim) array (a copy):
         for many tracks at once, where get_vectors would make an array each."""
+        if model not in self.mirrors:
+            found = self._fetch(model, list(track_ids))
+            have = [t for t in track_ids if t in found]
+            return have, np.array([found[t] for t in have], np.float32).reshape(len(have), -1)
         with self._lock:
             m = self.mirrors[model]
             have = [t for t in track_ids if t in m.pos]
             return have, m.matrix[[m.pos[t] for t in have]]
 
     def search(self, model: str, vector: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
-        """(track_id, cosine similarity), best first; exact."""
+        """(track_id, cosine similarity), best first; exact from the mirror, approximate (HNSW) from a server."""
+        if model not in self.mirrors:
+            exclude = set(exclude)
+            hits = self._milvus_search(model, np.asarray(vector, np.float32)[None], limit + len(exclude))[0]
+            return [(t, s) for t, s in hits if t not in exclude][:limit]
         with self._lock:
             return self.mirrors[model].search(vector, limit, exclude)
 
+    def _milvus_search(self, model: str, queries: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
+        limit = max(1, min(limit, 16384))  # Milvus's top-k limit
+        params = {"metric_type": "COSINE", "params": {"ef": max(64, limit)}}
+        with self._milvus_lock:
+            res = self.client.search(collection_name(model), queries.tolist(), limit=limit, search_params=params, output_fields=[])
+        return [[(h["id"], float(h["distance"])) for h in hits] for hits in res]
+
     def similarities(self, model: str, queries: np.ndarray) -> tuple[Rows, np.ndarray]:
-        """Cosine similarity of every track to each query: (track ids by row, (tracks, queries)); exact, in memory."""
+        """Cosine similarity of the tracks to each query: (track ids by row, (tracks, queries)). With the mirror,
+        every track, exactly; without, the union of each query's nearest POOL tracks (scored exactly)."""
+        queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
+        if model not in self.mirrors:
+            pool = list(dict.fromkeys(t for hits in self._milvus_search(model, queries, POOL) for t, _ in hits))
+            ids, vectors = self.stacked(model, pool)
+            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+            q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+            return Rows(ids, {t: i for i, t in enumerate(ids)}), unit @ q.T
         with self._lock:
             mirror = self.mirrors[model]
-            return Rows(mirror.ids, mirror.pos), mirror.similarities(np.asarray(queries, np.float32).reshape(len(queries), -1))
+            return Rows(mirror.ids, mirror.pos), mirror.similarities(queries)
 
     def size(self, model: str) -> int:
         """How many tracks have a vector of this model."""
+        if model not in self.mirrors:
+            return self.count(model)
         with self._lock:
             return len(self.mirrors[model])
 
+    def track_ids(self, model: str) -> tuple[str, ...]:
+        """Every track id the model has, in the order snapshot gives them, without copying the vectors: what tells
+        whether the library changed since a result computed over all of it."""
+        if model not in self.mirrors:
+            return tuple(dict.fromkeys(self.all_ids(model)))
+        with self._lock:
+            return tuple(self.mirrors[model].ids)
+
     def snapshot(self, model: str) -> tuple[tuple[str, ...], np.ndarray]:
         """Every track id and its vector (raw, as stored), in one consistent copy: for work over the whole library."""
+        if model not in self.mirrors:
+            parts = list(self._all_vectors(model))
+            ids = tuple(t for batch, _ in parts for t in batch)
+            return ids, np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self._dims[collection_name(model)]), np.float32)
         with self._lock:
             m = self.mirrors[model]
             return tuple(m.ids), m.matrix.copy()
@@ -298,7 +299,7 @@ class VectorStore:
     def count(self, model: str) -> int:
         with self._milvus_lock:
             self.client.load_collection(collection_name(model))  # a no-op when loaded; reopened ones are not
-            res = self.client.query(collection_name(model), filter="", output_fields=["count(*)"])
+            res = self.client.query(collection_name(model), filter="", output_fields=["count(*)"], **self._strong)
         return int(res[0]["count(*)"])
 
     def all_ids(self, model: str) -> list[str]:

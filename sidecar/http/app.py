@@ -13,7 +13,7 @@ from sidecar import metrics
 from sidecar.errors import DomainError
 from sidecar.http.access import access_control
 from sidecar.http.common import SIDECAR, ApiError, json_response, status_of
-from sidecar.http.routes import ROUTE_MODULES
+from sidecar.http.routes import ROUTE_MODULES, service
 
 if TYPE_CHECKING:
     from sidecar.service import Sidecar
@@ -52,9 +52,10 @@ async def errors_as_json(request: web.Request, handler):
         return json_response(ErrorBody(error="internal error; see the sidecar's log"), 500)
 
 
-def make_app(sc: "Sidecar") -> web.Application:
+def make_app(sc: "Sidecar", *, only_service: bool = False) -> web.Application:
+    """The API; with `only_service`, just health, status and metrics (an ingest worker's)."""
     app = web.Application(middlewares=[timed, errors_as_json, access_control], client_max_size=1 << 20)
     app[SIDECAR] = sc
-    for module in ROUTE_MODULES:
+    for module in (service,) if only_service else ROUTE_MODULES:
         app.router.add_routes(module.routes)
     return app

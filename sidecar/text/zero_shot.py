@@ -6,6 +6,7 @@ clause is matched by sentence similarity against a lexicon of concepts: the 50 M
 and words people use for what the DSP analysis measures ("calm", "driving", "orchestral"...). Each concept
 says which tags and features speak for it. Tracks are scored on per-library percentile ranks, so a tag that
 every track has (electronic, ambient) does not dominate, and the score says which concepts it came from.
+The concepts, their words and recipes are in vocabulary.py.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from sidecar.data.catalog import Catalog
 from sidecar.plugins import TextEncoder
+from sidecar.text.vocabulary import CONCEPTS_BY_NAME, DESCRIPTORS, FEATURES, LEXICON, MSD_TAGS, Concept
 
 MIN_SIMILARITY = 0.4  # below this a concept's match is noise (measured: lower ranks are unrelated tags)
 # Genre words are all fairly similar to each other ("orchestral" ~ "electronic" 0.5): a clause keeps only the
@@ -27,72 +29,6 @@ MAX_BELOW_BEST = 0.2
 METADATA_MIN_SIMILARITY = 0.5
 METADATA_FIELDS = ("genre", "artist", "album")
 CLAUSE_CACHE_SIZE = 4096  # sentence vectors of recent clauses (1.5 KB each): a repeated clause skips the encoder
-
-MSD_TAGS = (
-    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
-    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
-    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock",
-    "ambient", "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
-    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
-    "indie pop", "sad", "House", "happy",
-)
-TAG_SYNONYMS = {
-    "electronic": ("electronic music", "synth", "synthesizer music"),
-    "dance": ("dance music", "club music", "edm"),
-    "instrumental": ("instrumental music", "no vocals", "without singing"),
-    "female vocalists": ("female singer", "woman singing"),
-    "male vocalists": ("male singer", "man singing"),
-    "Hip-Hop": ("hip hop", "rap"),
-    "rnb": ("r&b", "rhythm and blues"),
-    "House": ("house music", "deep house"),
-    "chillout": ("chill out", "lounge"),
-    "Mellow": ("mellow", "gentle"),
-    "metal": ("heavy music", "metal music"),
-    "guitar": ("guitar music", "electric guitar"),
-}
-VOCAL_TAGS = ("female vocalists", "male vocalists", "female vocalist")
-
-
-@dataclass(frozen=True)
-class Concept:
-    name: str
-    phrases: tuple[str, ...]
-    tags: dict[str, float] = field(default_factory=dict)  # tag -> signed weight
-    features: dict[str, float] = field(default_factory=dict)  # DSP feature -> signed weight (+: higher is more like it)
-
-
-# Words for what the DSP analysis measures, and for kinds of music the 50 tags lack. Each recipe is the
-# measurable side of the word: orchestral music is tonal, dynamic and not percussive; dance music has a
-# steady, clear pulse; and so on.
-DESCRIPTORS = (
-    Concept("upbeat", ("upbeat", "energetic", "fast", "lively", "high energy"),
-            features={"tempo_bpm": 1, "loudness_db": 0.5, "onset_rate": 1, "pulse_clarity": 0.5}),
-    Concept("calm", ("calm", "relaxing", "slow", "peaceful", "soothing", "sleep"),
-            features={"tempo_bpm": -0.5, "loudness_db": -0.5, "onset_rate": -1, "percussiveness": -1}, tags={"chill": 0.5, "Mellow": 0.5}),
-    Concept("dark", ("dark", "gloomy", "ominous", "sinister"), features={"brightness": -1}),
-    Concept("bright", ("bright", "cheerful", "sunny", "sparkling"), features={"brightness": 1}, tags={"happy": 0.5}),
-    Concept("minor", ("minor key", "melancholic", "sad sounding"), features={"minor": 1}, tags={"sad": 0.5}),
-    Concept("major", ("major key", "joyful", "uplifting"), features={"minor": -1}, tags={"happy": 0.5}),
-    Concept("driving", ("driving", "pounding", "steady beat", "four on the floor"),
-            features={"pulse_clarity": 1, "percussiveness": 1}),
-    Concept("sparse", ("sparse", "minimal", "spacious"), features={"onset_rate": -1, "loudness_db": -0.5}),
-    Concept("busy", ("busy", "dense", "frantic", "hectic"), features={"onset_rate": 1}),
-    Concept("loud", ("loud", "aggressive", "intense", "powerful"), features={"loudness_db": 1, "percussiveness": 0.5}),
-    Concept("quiet", ("quiet", "soft", "delicate", "hushed"), features={"loudness_db": -1}),
-    Concept("dynamic", ("dynamic", "dramatic", "building", "crescendo"), features={"dynamics_db": 1}),
-    Concept("percussive", ("percussive", "drums", "drum heavy", "rhythmic"), features={"percussiveness": 1, "onset_rate": 0.5}),
-    Concept("orchestral", ("orchestral", "orchestra", "symphonic", "cinematic", "film score", "classical", "strings", "epic score"),
-            features={"percussiveness": -1, "brightness": -0.5, "key_strength": 0.5, "dynamics_db": 0.5, "pulse_clarity": -0.5},
-            tags={"instrumental": 0.5, "electronic": -0.5, "dance": -0.5}),
-    Concept("electronic_dance", ("electronic dance", "techno", "edm", "club", "rave", "trance"),
-            features={"pulse_clarity": 1, "percussiveness": 0.5, "brightness": 0.5},
-            tags={"electronic": 1, "dance": 1, "electro": 0.5, "House": 0.5, "electronica": 0.5}),
-    Concept("vocals", ("vocals", "singing", "singer", "voice", "lyrics"), tags={t: 1 for t in VOCAL_TAGS}),
-)
-TAG_CONCEPTS = tuple(Concept(t, (t.lower(),) + TAG_SYNONYMS.get(t, ()), tags={t: 1.0}) for t in MSD_TAGS)
-LEXICON = TAG_CONCEPTS + DESCRIPTORS
-_BY_NAME = {c.name: c for c in LEXICON}
-FEATURES = ("tempo_bpm", "loudness_db", "onset_rate", "pulse_clarity", "percussiveness", "brightness", "dynamics_db", "key_strength", "minor")
 
 _NEGATION = re.compile(r"^(no|not|without|non|avoid|except|minus|nothing)\b[\s-]*", re.I)
 _SPLIT = re.compile(r"\s*(?:[,;/]|\bbut\b|\band\b|\bwith\b|\bplus\b)\s*", re.I)
@@ -177,11 +113,11 @@ class LibraryIndex:
             self._stamp = stamp
 
     def concept_score(self, c: Concept) -> np.ndarray:
-        """_concept_score(c), computed once per analysis of the library (a concept is a fixed mix of columns)."""
+        """c.score() on this index, computed once per analysis of the library (a concept is a fixed mix of columns)."""
         cache = self._concepts
         s = cache.get(c.name)
         if s is None:
-            s = cache[c.name] = _concept_score(c, self)
+            s = cache[c.name] = c.score(self.tags, self.features)
         return s
 
     def metadata_similarity(self, clause_vectors: np.ndarray) -> np.ndarray:
@@ -263,7 +199,7 @@ class ZeroShotSearch:
         parts: list[tuple[str, np.ndarray]] = []
         total = 0.0
         for m in matches:
-            s = idx.concept_score(_BY_NAME[m.concept])
+            s = idx.concept_score(CONCEPTS_BY_NAME[m.concept])
             score += m.weight * s
             total += abs(m.weight)
             parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", m.weight * s))
@@ -294,27 +230,12 @@ def top_k(score: np.ndarray, k: int) -> np.ndarray:
     return near[np.argsort(-score[near], kind="stable")[:k]]
 
 
-def _concept_score(c: Concept, idx: LibraryIndex) -> np.ndarray:
-    """How much each track is like the concept, in [0, 1], from percentile ranks."""
-    terms, weights = [], []
-    for tag, w in c.tags.items():
-        col = idx.tags[:, MSD_TAGS.index(tag)]
-        terms.append(col if w > 0 else 1 - col)
-        weights.append(abs(w))
-    for feat, w in c.features.items():
-        col = idx.features[:, FEATURES.index(feat)]
-        terms.append(col if w > 0 else 1 - col)
-        weights.append(abs(w))
-    return np.average(np.stack(terms), axis=0, weights=weights).astype(np.float32)
-
-
 def describe_track(
     tags: dict[str, float], feature_percentiles: dict[str, float], metadata: dict[str, str | None]
 ) -> list[tuple[str, ...]]:
     """What the library says of one track, as word slots: each slot lists interchangeable words (a tag and
     its synonyms, a descriptor's phrases), the first being the plain one. The training text of the projection."""
-    concepts = {c.name: c for c in LEXICON}
-    slots = [concepts[t].phrases for t, p in sorted(tags.items(), key=lambda kv: -kv[1]) if p >= 0.1][:5]
+    slots = [CONCEPTS_BY_NAME[t].phrases for t, p in sorted(tags.items(), key=lambda kv: -kv[1]) if p >= 0.1][:5]
     for c in DESCRIPTORS:
         if c.features:
             total = sum(abs(w) for w in c.features.values())
