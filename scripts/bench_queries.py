@@ -31,16 +31,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_library(data: Path, n: int, seed: int = 0) -> None:
-    from sidecar.data.catalog import Catalog
-    from sidecar.data.store import VectorStore
-    from sidecar.text.zero_shot import MSD_TAGS
-
+def clustered_vectors(store, n: int, seed: int = 0):
+    """n tracks in clusters (one per 500 tracks), as musicnn (200-d) and dsp (52-d) vectors written to `store`,
+    which is closed after: (the random generator, to go on with, track ids, each track's cluster, clusters)."""
     rng = np.random.default_rng(seed)
     clusters = max(8, n // 500)
     which = rng.integers(0, clusters, n)
     ids = [f"{i:032x}" for i in range(n)]
-    store = VectorStore(str(data / "milvus.db"))
     for model, dim in (("musicnn", 200), ("dsp", 52)):
         centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 2
         vecs = centres[which] + rng.standard_normal((n, dim)).astype(np.float32)
@@ -48,6 +45,15 @@ def build_library(data: Path, n: int, seed: int = 0) -> None:
         for i in range(0, n, 5000):
             store.upsert(model, [(ids[j], vecs[j], "h") for j in range(i, min(n, i + 5000))])
     store.close()
+    return rng, ids, which, clusters
+
+
+def build_library(data: Path, n: int, seed: int = 0) -> None:
+    from sidecar.data.catalog import Catalog
+    from sidecar.data.store import VectorStore
+    from sidecar.text.zero_shot import MSD_TAGS
+
+    rng, ids, which, clusters = clustered_vectors(VectorStore(str(data / "milvus.db")), n, seed)
 
     Catalog(data / "catalog.sqlite3").close()  # schema
     tag_centres = rng.dirichlet(np.full(len(MSD_TAGS), 0.3), clusters)

@@ -40,6 +40,7 @@ from tests.kafka_broker import start_tansu, unique_name  # noqa: E402
 from tests.milvus_server import MilvusStandalone  # noqa: E402
 from tests.postgres_server import PostgresServer  # noqa: E402
 from tests.sidecar_process import SidecarProcess  # noqa: E402
+from scripts.bench_queries import clustered_vectors  # noqa: E402
 
 
 def real_tracks(n: int) -> list[Path]:
@@ -102,19 +103,12 @@ def build_vectors(n: int, catalog_url: str, milvus_uri: str, seed: int = 0) -> N
     from sidecar.data.catalog import Catalog
     from sidecar.data.store import VectorStore
 
-    rng = np.random.default_rng(seed)
-    clusters = max(8, n // 500)
-    which = rng.integers(0, clusters, n)
-    ids = [f"{i:032x}" for i in range(n)]
-    store = VectorStore(milvus_uri, mirror=False)
-    for model, dim in (("musicnn", 200), ("dsp", 52)):
-        centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 2
-        vecs = centres[which] + rng.standard_normal((n, dim)).astype(np.float32)
-        store.ensure_collection(model, dim)
-        for i in range(0, n, 5000):
-            store.upsert(model, [(ids[j], vecs[j], "h") for j in range(i, min(n, i + 5000))])
-    store.client.flush("emb_musicnn")  # sealed segments: searched through the HNSW index
-    store.close()
+    from pymilvus import MilvusClient
+
+    _, ids, which, _ = clustered_vectors(VectorStore(milvus_uri, mirror=False), n, seed)
+    client = MilvusClient(uri=milvus_uri)
+    client.flush("emb_musicnn")  # sealed segments: searched through the HNSW index
+    client.close()
     catalog = Catalog(catalog_url)
     now = time.time()
     with catalog.db.transaction() as tx:

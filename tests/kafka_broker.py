@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.servers import die_with_parent, free_port, port_accepts, tail
 
 KAFKA_TEST_CONSUMER_OPTIONS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "fetch_max_wait_ms": 100}
 
@@ -42,31 +43,6 @@ def tansu_binary() -> Path | None:
 
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the test process dies (even by SIGKILL)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort; the fixture stops the broker anyway
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 async def _list_topics(bootstrap: str) -> list[str]:
@@ -91,13 +67,6 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 def start_tansu(
     log_dir: Path, *, port: int | None = None, storage: str = "memory://tansu/", env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, str, Path]:
@@ -111,7 +80,7 @@ def start_tansu(
     problems: list[str] = []
     fixed_port = port
     for attempt in range(3):
-        port = fixed_port or _free_port()
+        port = fixed_port or free_port()
         bootstrap = f"127.0.0.1:{port}"
         log_path = log_dir / f"tansu-{port}-{time.time_ns()}.log"
         proc_env = dict(
@@ -123,14 +92,14 @@ def start_tansu(
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [str(binary), "broker"], env=proc_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent() if sys.platform.startswith("linux") else None,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
         ready = False
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break  # exited (a bind failure exits 0)
-            if _port_accepts(port):
+            if port_accepts(port):
                 try:
                     asyncio.run(asyncio.wait_for(_list_topics(bootstrap), 5))
                     ready = True
@@ -142,7 +111,7 @@ def start_tansu(
             return proc, bootstrap, log_path
         rc = proc.poll()
         _stop(proc)
-        problems.append(f"{bootstrap}: not ready (exit code {rc}); log {log_path}:\n{_tail(log_path)}")
+        problems.append(f"{bootstrap}: not ready (exit code {rc}); log {log_path}:\n{tail(log_path)}")
     raise RuntimeError("Tansu broker did not start:\n" + "\n".join(problems[-3:]))
 
 
@@ -174,7 +143,7 @@ class DurableBroker:
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._moto: subprocess.Popen | None = None
         self._proc: subprocess.Popen | None = None
@@ -184,17 +153,17 @@ class DurableBroker:
         import boto3
 
         moto_server = Path(sys.executable).parent / "moto_server"
-        port = _free_port()
+        port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         with open(self.log_dir / "moto.log", "wb") as log:
             self._moto = subprocess.Popen(
                 [str(moto_server), "-H", "127.0.0.1", "-p", str(port)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                stderr=subprocess.STDOUT, preexec_fn=die_with_parent() if sys.platform.startswith("linux") else None,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _port_accepts(port):
+        while not port_accepts(port):
             if self._moto.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto_server did not start; log {self.log_dir / 'moto.log'}:\n{_tail(self.log_dir / 'moto.log')}")
+                raise RuntimeError(f"moto_server did not start; log {self.log_dir / 'moto.log'}:\n{tail(self.log_dir / 'moto.log')}")
             time.sleep(0.1)
         self._env = {
             "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.servers import die_with_parent, free_port, tail
 
 REPO = Path(__file__).resolve().parents[1]
 _START_TIMEOUT_S = 120.0  # about 2-5 s here; a loaded 2-core CI machine can be much slower
@@ -117,29 +118,6 @@ def _share_runtime_dir() -> None:
         pass
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the test process dies (SIGTERM would hang, see above)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort; the fixture stops the server anyway
-        pass
-
-
 class MilvusStandalone:
     """One Milvus standalone server with its data in `base_dir`. start() / kill(); start() again (same object:
     same folder and ports) keeps the collections and takes about 10 s."""
@@ -160,7 +138,7 @@ class MilvusStandalone:
 
     def _port(self, key: str) -> int:
         if key not in self._ports:
-            self._ports[key] = _free_port()
+            self._ports[key] = free_port()
         return self._ports[key]
 
     def _render_config(self) -> tuple[Path, int]:
@@ -211,7 +189,7 @@ class MilvusStandalone:
         problems: list[str] = []
         fixed_port = self.port
         for _attempt in range(3):  # a free port can be taken between choosing and binding it
-            self.port = fixed_port or _free_port()
+            self.port = fixed_port or free_port()
             _conf, metrics_port = self._render_config()
             env = dict(
                 os.environ,
@@ -225,7 +203,7 @@ class MilvusStandalone:
                     # -alias: its pid file becomes /run/milvus/standalone-ALIAS.pid, one per server
                     [str(bindir / "milvus"), "run", "standalone", "-alias", f"test{self.port}"],
                     cwd=self.base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    preexec_fn=die_with_parent(signal.SIGKILL) if sys.platform.startswith("linux") else None,
                 )
             if self._wait_ready(metrics_port, problems):
                 self.start_seconds = time.monotonic() - t0
@@ -235,7 +213,7 @@ class MilvusStandalone:
             self.kill()
             self._ports.clear()  # maybe one was taken meanwhile: choose them all again
         raise RuntimeError(f"Milvus did not start; log {self.log_path}:\n" + "\n".join(problems[-3:])
-                           + "\n" + _tail(self.log_path))
+                           + "\n" + tail(self.log_path))
 
     def _wait_ready(self, metrics_port: int, problems: list[str]) -> bool:
         """/healthz says OK a moment before the proxy serves requests: also wait for list_collections()."""

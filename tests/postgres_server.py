@@ -19,7 +19,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.servers import die_with_parent, free_port, tail
 
 _START_TIMEOUT_S = 60.0
 _SUPERUSER = "postgres"  # the cluster's superuser (trust auth: tests on 127.0.0.1 only)
@@ -49,30 +50,6 @@ def _missing(reason: str):
     if os.environ.get("CI"):
         pytest.fail(reason + " (CI is set, so this fails instead of skipping)", pytrace=False)
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def _child_setup() -> None:
-    """In the child, before exec and after the user switch (which would clear it): SIGQUIT (PostgreSQL's
-    immediate shutdown) when the test process dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGQUIT)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort; the fixture stops the server anyway
-        pass
 
 
 class PostgresServer:
@@ -114,7 +91,7 @@ class PostgresServer:
             rc = subprocess.run([str(self.bin / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
                                 timeout=timeout, **self._popen_kwargs()).returncode
         if rc != 0:
-            raise RuntimeError(f"{args[0]} exited {rc}; log {self.log_path}:\n{_tail(self.log_path)}")
+            raise RuntimeError(f"{args[0]} exited {rc}; log {self.log_path}:\n{tail(self.log_path)}")
 
     def connect(self, dbname: str = "postgres", **kw):
         import psycopg
@@ -139,7 +116,7 @@ class PostgresServer:
                       "--locale=C.UTF-8", "--no-sync", timeout=120)
         problems: list[str] = []
         for _attempt in range(3):  # a free port can be taken between choosing and binding it
-            self.port = _free_port()
+            self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
@@ -148,14 +125,14 @@ class PostgresServer:
                      "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                      "-c", "max_connections=100", "-c", "shared_buffers=32MB"],
                     stdout=log, stderr=subprocess.STDOUT,
-                    preexec_fn=_child_setup if sys.platform.startswith("linux") else None, **self._popen_kwargs(),
+                    preexec_fn=die_with_parent(signal.SIGQUIT) if sys.platform.startswith("linux") else None, **self._popen_kwargs(),
                 )
             if self._wait_ready(problems):
                 break
             self._kill()
         else:
             raise RuntimeError(f"PostgreSQL did not start; log {self.log_path}:\n" + "\n".join(problems[-3:])
-                               + "\n" + _tail(self.log_path))
+                               + "\n" + tail(self.log_path))
         self.create_database(dbname)
         self.url = self.uri(dbname)
         self.start_seconds = time.monotonic() - t0

@@ -28,15 +28,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port
+
 BIN = Path(sys.executable).parent
 USER = "alice"
 PASSWORD = "correct horse&battery"  # a space and an '&': must survive URL encoding, and never be logged
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -109,7 +109,7 @@ def _doctor(*args: str) -> tuple[int, dict[str, dict]]:
 
 
 def test_doctor_passes_on_a_working_setup_and_names_what_is_wrong(copy_library, analysed_library, tmp_path, monkeypatch):
-    from tests.sidecar_process import free_port
+    from tests.servers import free_port
 
     monkeypatch.setenv("SIDECAR_PORT", str(free_port()))
     music = str(analysed_library["music"])
@@ -129,7 +129,7 @@ def test_doctor_passes_on_a_working_setup_and_names_what_is_wrong(copy_library, 
 
 
 def test_doctor_reaches_a_real_broker_and_media_server(copy_library, analysed_library, kafka_bootstrap, supysonic, monkeypatch):
-    from tests.sidecar_process import free_port
+    from tests.servers import free_port
 
     monkeypatch.setenv("SIDECAR_PORT", str(free_port()))
     monkeypatch.setenv("SIDECAR_KAFKA_BOOTSTRAP", kafka_bootstrap)

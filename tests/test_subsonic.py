@@ -424,7 +424,7 @@ async def test_a_wrong_password_is_a_clear_auth_error_and_no_secret_is_logged(su
 
 async def test_an_unreachable_server_fails_fast_after_bounded_retries(caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
-    from tests.supysonic_server import free_port
+    from tests.servers import free_port
 
     port = free_port()  # nothing listens there
     t0 = time.monotonic()
@@ -677,7 +677,7 @@ async def test_a_wrong_password_or_a_dead_server_leaves_the_sidecar_serving(star
     assert code == 502 and supysonic.url in refused["error"] and "Wrong username or password" in refused["error"]
 
     # the same sidecar pointed at a server that is down: 503 with the URL, still serving
-    from tests.supysonic_server import free_port
+    from tests.servers import free_port
 
     await sc.media.close()
     dead = f"http://127.0.0.1:{free_port()}"
