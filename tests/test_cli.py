@@ -148,3 +148,21 @@ def test_doctor_reaches_a_real_broker_and_media_server(copy_library, analysed_li
     code, checks = _doctor(*args)
     assert code == 1 and checks["media server"]["status"] == "fail"
     assert "SIDECAR_MEDIA_SERVER_USER" in checks["media server"]["fix"] and "wrong password" not in json.dumps(checks)
+
+
+def test_doctor_reaches_a_shared_catalog_and_names_a_wrong_one(copy_library, analysed_library, postgres_db, monkeypatch):
+    from sidecar.data.catalog import Catalog
+    from tests.servers import free_port
+
+    monkeypatch.setenv("SIDECAR_PORT", str(free_port()))
+    args = ("--data-dir", str(copy_library), "-m", str(analysed_library["music"]))
+    monkeypatch.setenv("SIDECAR_CATALOG_URL", postgres_db)
+    assert _doctor(*args)[1]["catalog"]["detail"].endswith("empty: its tables are made on first start")
+    Catalog(postgres_db).close()  # migrated
+    code, checks = _doctor(*args)
+    assert code == 0 and checks["catalog"]["status"] == "ok" and "schema version" in checks["catalog"]["detail"]
+    wrong = postgres_db.rsplit("/", 1)[0] + "/no_such_database"
+    monkeypatch.setenv("SIDECAR_CATALOG_URL", wrong.replace("postgres@", "postgres:secret@"))
+    code, checks = _doctor(*args)
+    assert code == 1 and checks["catalog"]["status"] == "fail" and "SIDECAR_CATALOG_URL" in checks["catalog"]["fix"]
+    assert "no_such_database" in checks["catalog"]["detail"] and "secret" not in json.dumps(checks)

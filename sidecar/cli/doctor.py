@@ -139,6 +139,31 @@ def check_store(s: Settings, running: bool) -> Check:
     return Check("vector store", OK, f"{kind} {target}: {shown}")
 
 
+def check_catalog(s: Settings) -> Check:
+    """Reach the catalog and read its schema version, writing nothing (a new one is made on first start)."""
+    from sidecar.data.schema import LATEST
+    from sidecar.data.sql import DatabaseError, open_database
+
+    if not s.catalog_url:
+        where = s.catalog_path
+        return Check("catalog", OK, f"SQLite {where}" + ("" if where.exists() else " (created on first start)"))
+    try:
+        db = open_database(s.catalog_url)
+    except DatabaseError as e:
+        return Check("catalog", FAIL, str(e), "check SIDECAR_CATALOG_URL, and that PostgreSQL is up and lets this user in")
+    try:
+        version = db.query("SELECT MAX(version) AS v FROM schema_version")[0]["v"]
+    except Exception:  # a new, empty database
+        version = None
+    finally:
+        db.close()
+    if version is not None and version > LATEST:
+        return Check("catalog", FAIL, f"PostgreSQL catalog at schema version {version}, newer than this sidecar ({LATEST})",
+                     "upgrade this sidecar to the version the other processes run")
+    state = "empty: its tables are made on first start" if version is None else f"schema version {version}"
+    return Check("catalog", OK, f"PostgreSQL {db.url.split('@')[-1]}: {state}")
+
+
 async def check_bus(s: Settings) -> Check:
     if s.bus == "embedded":
         return Check("event bus", OK, f"embedded log {s.event_log_path}{'' if s.event_log_path.exists() else ' (created on first start)'}")
@@ -206,6 +231,7 @@ def check_models(s: Settings) -> list[Check]:
 async def diagnose(s: Settings) -> list[Check]:
     status = await asyncio.to_thread(running_sidecar, s)
     checks = [check_settings(s), *check_music(s), check_data_dir(s), check_http(s, status), *check_access(s)]
+    checks.append(await asyncio.to_thread(check_catalog, s))
     checks.append(await asyncio.to_thread(check_store, s, status is not None))
     checks.append(await check_bus(s))
     checks.append(await check_media_server(s))
