@@ -121,6 +121,7 @@ def build_vectors(n: int, catalog_url: str, milvus_uri: str, seed: int = 0) -> N
             "INSERT INTO embeddings (track_id, model, model_version, content_hash, status, updated_at) VALUES (?, ?, '1', 'h', 'done', ?)",
             [(t, m, now) for t in ids for m in ("musicnn", "dsp")],
         )
+    catalog.db.query("ANALYZE")  # the planner's statistics, as autovacuum would gather them after a bulk load
     catalog.close()
 
 
