@@ -229,6 +229,7 @@ async def freshness(tracks: list[Path], models_dir: Path, work: Path, n: int) ->
 
     from sidecar import metrics
     from sidecar.config import Settings
+    from sidecar.run import start_http
     from sidecar.service import Sidecar
 
     def stage_sum(label: str) -> float:
@@ -240,9 +241,10 @@ async def freshness(tracks: list[Path], models_dir: Path, work: Path, n: int) ->
     (data / "models").symlink_to(models_dir)
     sc = Sidecar(Settings(music_dir=[music], data_dir=data, port=0, reconcile_interval_s=0))
     await sc.start()
+    runner = await start_http(sc)
     out = []
     try:
-        host, port = sc._http.addresses[0][:2]
+        host, port = runner.addresses[0][:2]
         base = f"http://{host}:{port}"
         async with aiohttp.ClientSession() as http:
             while not await sc.is_idle():
@@ -275,6 +277,7 @@ async def freshness(tracks: list[Path], models_dir: Path, work: Path, n: int) ->
                 while not await sc.is_idle():
                     await asyncio.sleep(0.05)
     finally:
+        await runner.cleanup()
         await sc.close()
     return out
 
