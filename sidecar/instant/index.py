@@ -1,16 +1,16 @@
 """The library as the instant playlist sees it, and a query applied to it.
 
 The index: per analysed track its metadata, its raw DSP features and their per-library percentile ranks, and
-MusiCNN's tags as percentile ranks. `IndexCache` (one per sidecar: Sidecar.instant_index) rebuilds it when a
-track or an analysis changed.
+its tags and features calibrated as the text search sees them (sidecar/text/calibration.py). `IndexCache` (one
+per sidecar: Sidecar.instant_index) rebuilds it when a track or an analysis changed.
 
 Applying a query: hard filters first: feature ranges (raw values, or percentiles), key, scale, and the metadata
 filters (year range, artist, album, genres; names match case-insensitively as substrings). A metadata filter
 that no track of the library satisfies (an untagged library has no years) is dropped with a note: a decade
 then falls back to MusiCNN's decade tag where there is one (60s..00s), a genre word to its tag, an artist or
-album name to the text search. Then tags and concepts as thresholds on per-library percentile ranks: an
-included one needs a score >= 0.5 (at least the median track's), an excluded one <= 0.5; when fewer tracks
-than `limit` pass, the threshold is relaxed to 0.4, then 0.3.
+album name to the text search. Then tags and concepts (vocabulary.py) as thresholds on the track's percentile
+rank in the library on each: an included one needs a score >= 0.5 (at least the median track's), an excluded
+one <= 0.5; when fewer tracks than `limit` pass, the threshold is relaxed to 0.4, then 0.3.
 
 Ranking (rank_tracks): survivors are ranked by the mean of what applies: the tag/concept match, the closeness
 to the feature ranges' centres, and the text search on `text` (the text recommender's tags path, or its
@@ -28,9 +28,10 @@ import numpy as np
 from schemas.api import TextRecommendationRequest
 from schemas.instant import RANGE_FEATURES, InstantQuery, InstantTrack
 from sidecar.data.ids import norm_name
+from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput
-from sidecar.text.vocabulary import CONCEPTS_BY_NAME, DECADE_TAGS, FEATURES, MSD_TAGS
-from sidecar.text.zero_shot import percentiles
+from sidecar.text.calibration import Calibration, Measurements, percentiles
+from sidecar.text.vocabulary import CONCEPTS_BY_NAME, DECADE_TAGS, MSD_TAGS, TAG_CONCEPTS_BY_NAME
 
 if TYPE_CHECKING:
     from sidecar.data.catalog import Catalog
@@ -49,43 +50,34 @@ class InstantIndex:
     meta: list[dict]  # title, artist, album, genre, year (int or None), key, scale
     raw: dict[str, np.ndarray]  # RANGE_FEATURES -> raw values, NaN where unknown
     pct: dict[str, np.ndarray]  # RANGE_FEATURES -> per-library percentile ranks (0.5 where unknown)
-    tags: np.ndarray  # (n, 50) percentile ranks, MSD_TAGS order (as zero_shot.LibraryIndex)
-    features: np.ndarray  # (n, len(FEATURES)) percentile ranks, vocabulary.FEATURES order
-    _scores: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)  # descriptor -> score per track
+    calibration: Calibration  # tags and features on the library's scale, as the text search sees them
+    recordings: Recordings = field(default_factory=Recordings)  # the same recording in other files: one in a list
 
     @classmethod
-    def from_rows(cls, rows: Iterable[dict], stamp: tuple = ()) -> "InstantIndex":
+    def from_rows(cls, rows: Iterable[dict], stamp: tuple = (), recordings: Recordings | None = None) -> "InstantIndex":
         """From rows as Catalog.iter_analysed_tracks gives them (track_id, metadata, parsed tags and features)."""
-        ids, meta, tags, feats = [], [], [], []
-        names = list(dict.fromkeys(RANGE_FEATURES + FEATURES))
+        ids, meta, feats, measured = [], [], [], Measurements()
         for r in rows:
-            t, f = r["tags"], r["features"]
+            f = r["features"]
             ids.append(r["track_id"])
             meta.append({
                 "title": r["title"], "artist": r["artist"], "album": r["album"], "genre": r["genre"], "year": _year(r["year"]),
                 "key": f.get("key"), "scale": f.get("scale"),
             })
-            tags.append([float(t.get(name, 0.0)) for name in MSD_TAGS])
-            f = dict(f, minor=(1.0 if f.get("scale") == "minor" else 0.0) if f else np.nan)
-            feats.append([float(f[k]) if isinstance(f.get(k), (int, float)) else np.nan for k in names])
-        fm = np.array(feats, np.float32).reshape(len(ids), len(names))
+            feats.append([float(f[k]) if isinstance(f.get(k), (int, float)) else np.nan for k in RANGE_FEATURES])
+            measured.add(r["tags"], f)
+        fm = np.array(feats, np.float32).reshape(len(ids), len(RANGE_FEATURES))
         fp = percentiles(fm) if len(ids) else fm
         return cls(
-            stamp=stamp, track_ids=ids, meta=meta,
-            raw={k: fm[:, names.index(k)] for k in RANGE_FEATURES},
-            pct={k: fp[:, names.index(k)] for k in RANGE_FEATURES},
-            tags=percentiles(np.array(tags, np.float32).reshape(len(ids), len(MSD_TAGS))),
-            features=fp[:, [names.index(k) for k in FEATURES]],
+            stamp=stamp, track_ids=ids, meta=meta, calibration=measured.calibrate(), recordings=recordings or Recordings(),
+            raw={k: fm[:, j] for j, k in enumerate(RANGE_FEATURES)}, pct={k: fp[:, j] for j, k in enumerate(RANGE_FEATURES)},
         )
 
     def concept(self, kind: str, name: str) -> np.ndarray:
-        """A tag's or descriptor's score per track, in [0, 1]."""
-        if kind == "tag":
-            return self.tags[:, MSD_TAGS.index(name)]
-        s = self._scores.get(name)
-        if s is None:
-            s = self._scores[name] = CONCEPTS_BY_NAME[name].score(self.tags, self.features)
-        return s
+        """A tag's or descriptor's percentile rank per track, in [0, 1]; 0.5 (no evidence) where the library
+        has none of what it is measured by."""
+        ranks = self.calibration.ranks(TAG_CONCEPTS_BY_NAME[name] if kind == "tag" else CONCEPTS_BY_NAME[name])
+        return ranks if ranks is not None else np.full(len(self.track_ids), 0.5, np.float32)
 
 
 def _year(v) -> int | None:
@@ -105,7 +97,7 @@ class IndexCache:
         stamp = catalog.analysis_stamp()
         with self._lock:
             if self._index is None or self._index.stamp != stamp:
-                self._index = InstantIndex.from_rows(catalog.iter_analysed_tracks(), stamp)
+                self._index = InstantIndex.from_rows(catalog.iter_analysed_tracks(), stamp, Recordings.of(catalog))
             return self._index
 
 
@@ -273,7 +265,7 @@ def rank_tracks(
             norm_name(idx.meta[rows[i]][k]) for k in ("artist", "album", "title"))), int)
         ranked_by.append("artist, album, title")
     tracks = []
-    for i in order[:limit]:
+    for i in idx.recordings.distinct(order, limit, key=lambda i: idx.track_ids[rows[i]]):  # one file of each recording
         r = int(rows[i])
         m = idx.meta[r]
         reasons = []

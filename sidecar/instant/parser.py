@@ -7,11 +7,12 @@ next clause), an artist ("by X"), tempo ("around 120 bpm" -> tempo_bpm in [110, 
 2000") and keys ("in a minor" -> A minor, "in the key of C", "minor key" -> scale). The rest is split into
 clauses at commas and at "and", "but", "with", "no", "without"...; a clause that starts with a negation is
 negative. In each clause the longest phrases of the text search's vocabulary (sidecar/text/vocabulary.py: the
-50 MSD tags with their synonyms, and the descriptors: calm, orchestral, percussive, vocals...) become tags and
-concepts, included or excluded. "fast"/"slow" become tempo ranges (>= 120 / <= 90 BPM; an explicit BPM wins),
-"loud"/"quiet" loudness ranges on the library's percentiles (>= 0.6 / <= 0.4: dBFS depends on mastering);
-"no vocals" excludes the vocals concept and asks for the instrumental tag; genre words also become genre
-filters. Words left over form `text` (and, from negative clauses, `exclude_text`) for the text search.
+50 MSD tags with their synonyms, and the descriptors: calm, orchestral, strings, choir, chiptune, vocals...;
+a tag keeps its own words) become tags and concepts, included or excluded. "fast"/"slow" become tempo ranges
+(>= 120 / <= 90 BPM; an explicit BPM wins), "loud"/"quiet" loudness ranges on the library's percentiles (>= 0.6
+/ <= 0.4: dBFS depends on mastering); "no vocals" excludes the vocals concept and asks for the instrumental tag;
+genre words also become genre filters. Words left over form `text` (and, from negative clauses,
+`exclude_text`) for the text search.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.instant import FeatureRange, InstantQuery
-from sidecar.text.vocabulary import DESCRIPTORS, GENRE_WORDS, TAG_CONCEPTS, VOCAL_TAGS
+from sidecar.text.vocabulary import DESCRIPTORS, GENRE_WORDS, NEGATIONS, TAG_CONCEPTS, VOCAL_TAGS, words_of
 
 FAST_BPM, VERY_FAST_BPM, SLOW_BPM, VERY_SLOW_BPM = 120.0, 140.0, 90.0, 70.0
 AROUND_BPM = 10.0
@@ -34,7 +35,7 @@ STOPWORDS = frozenset(
     "lot lots plenty around about roughly approximately good great nice best top or also maybe perhaps while when "
     "where during".split()
 )
-_NEG_WORDS = r"(?:no|not|without|avoid|except|minus|nothing|non|none|never)"
+_NEG_WORDS = rf"(?:{'|'.join(NEGATIONS)})"
 _SPLIT = re.compile(r"\s*([,;/.!?]|\bbut\b|\band\b|\bwith\b|\bplus\b|\bor\b|\bnor\b)\s*", re.I)
 _NEG_START = re.compile(rf"^{_NEG_WORDS}\b[\s-]*(?:too\s+|any\s+|more\s+|much\s+|so\s+)?", re.I)
 _BOUNDARY = r"(?=\s*(?:[,;.!?]|$)|\s+(?:from|in|with|without|around|about|at|no|but|and\s+no|that|which|for|near|over|under|between)\b)"
@@ -65,23 +66,20 @@ _SCALE = re.compile(r"\b(?:in\s+(?:an?\s+)?)?(?P<scale>major|minor)\s+(?:key|sca
 
 
 def _phrase_table() -> dict[tuple[str, ...], tuple[str, str]]:
-    """Lexicon phrase (as words) -> ("tag", MSD tag) or ("concept", descriptor); descriptors win ties."""
+    """Lexicon phrase (as words) -> ("tag", MSD tag) or ("concept", descriptor). A tag keeps its own words
+    ("ambient", "metal": the query schema and the genre fallback know tags); a descriptor takes the others."""
     table: dict[tuple[str, ...], tuple[str, str]] = {}
-    for c in TAG_CONCEPTS:
-        for p in c.phrases:
-            table[tuple(_words(p))] = ("tag", c.name)
     for c in DESCRIPTORS:
         for p in c.phrases:
-            table[tuple(_words(p))] = ("concept", c.name)
+            table[tuple(words_of(p))] = ("concept", c.name)
+    for c in TAG_CONCEPTS:
+        for p in c.phrases:
+            table[tuple(words_of(p))] = ("tag", c.name)
     return table
 
 
-def _words(s: str) -> list[str]:
-    return re.findall(r"[\w&'#+-]+", s.lower())
-
-
 PHRASES = _phrase_table()
-GENRES = {tuple(_words(g)): g for g in GENRE_WORDS}
+GENRES = {tuple(words_of(g)): g for g in GENRE_WORDS}
 TEMPO_WORDS = {
     ("fast",): (FAST_BPM, None), ("quick",): (FAST_BPM, None), ("uptempo",): (FAST_BPM, None), ("up-tempo",): (FAST_BPM, None),
     ("very", "fast"): (VERY_FAST_BPM, None), ("slow",): (None, SLOW_BPM), ("downtempo",): (None, SLOW_BPM),
@@ -196,7 +194,7 @@ def parse_instant(text: str) -> Parsed:
             continue
         # "without synth or vocals": a clause joined by "or"/"nor" to a negative one is negative too
         negative = bool(_NEG_START.match(part)) or (negative and sep in ("or", "nor"))
-        words = _words(_NEG_START.sub("", part))
+        words = words_of(_NEG_START.sub("", part))
         rest: list[str] = []
         i = 0
         while i < len(words):

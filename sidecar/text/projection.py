@@ -19,8 +19,9 @@ from torch import nn
 from sidecar.data.catalog import Catalog
 from sidecar.plugins import TextEncoder
 from sidecar.data.store import VectorStore
-from sidecar.text.vocabulary import FEATURES
-from sidecar.text.zero_shot import describe_track, percentiles
+from sidecar.text.calibration import Measurements
+from sidecar.text.vocabulary import DESCRIPTORS
+from sidecar.text.zero_shot import describe_track
 
 FORMAT = 1
 AUGMENTED_TEXTS = 8  # random word subsets per track, encoded once
@@ -46,16 +47,15 @@ def library_text(catalog: Catalog, store: VectorStore, model: str) -> LibraryTex
     """Every track that has both a MusiCNN analysis and a vector of `model`, with its words."""
     # by content hash: the same music gives the same folds, whatever its random track ids
     rows = sorted(catalog.analysed_tracks(with_model=model), key=lambda r: r["content_hash"])
-    feats = []
+    measured = Measurements()
     for r in rows:
-        f = dict(r["features"])
-        f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
-        feats.append([float(f.get(k, np.nan)) for k in FEATURES])
-    pct = percentiles(np.array(feats, np.float32).reshape(len(rows), len(FEATURES)))
+        measured.add(r["tags"], r["features"])
+    calibration = measured.calibrate()
+    ranks = {c.name: pct for c in DESCRIPTORS if (pct := calibration.ranks(c)) is not None}
     ids, words = [], []
-    for r, p in zip(rows, pct):
+    for i, r in enumerate(rows):
         ids.append(r["track_id"])
-        words.append(describe_track(r["tags"], dict(zip(FEATURES, p.tolist())), r))
+        words.append(describe_track(r["tags"], {name: float(v[i]) for name, v in ranks.items()}, r))
     vectors = {}
     for i in range(0, len(ids), 1000):
         vectors.update(store.get_vectors(model, ids[i : i + 1000]))

@@ -9,6 +9,7 @@ import numpy as np
 
 from schemas.api import ConceptMatch, PlaylistTrack, TextPlaylist, TextRecommendationRequest
 from sidecar.data import Catalog, VectorStore
+from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput
 from sidecar.plugins import LoadedEmbedders, TextEncoder
 from sidecar.text.projection import TextProjector, checkpoint_path
@@ -67,7 +68,9 @@ class TextRecommender:
         if method == "tags":
             if self.zero_shot is None:
                 raise UnsupportedModel("zero-shot text search needs the musicnn embedder", "method")
-            scored, matches = self.zero_shot.search(req.text, req.negative_prompts, req.limit)
+            recordings = Recordings.of(self.catalog)  # one file of each recording
+            scored, matches = self.zero_shot.search(req.text, req.negative_prompts, req.limit + recordings.spare())
+            scored = recordings.distinct(scored, req.limit, key=lambda s: s.track_id)
             meta = self.catalog.tracks_brief(s.track_id for s in scored)
             tracks = [
                 PlaylistTrack(**meta[s.track_id], score=round(s.score, 6), models=["musicnn", "dsp"], reasons=s.reasons)
@@ -97,7 +100,7 @@ class TextRecommender:
                     best[tid] = (s, [model], reason)
                 else:  # union: the best score any model gave, and every model that found it
                     best[tid] = (max(prev[0], s), prev[1] + [model], prev[2])
-        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[: req.limit]
+        ranked = Recordings.of(self.catalog).distinct(sorted(best.items(), key=lambda kv: -kv[1][0]), req.limit, key=lambda kv: kv[0])
         meta = self.catalog.tracks_brief(t for t, _ in ranked)
         return [
             PlaylistTrack(**meta[t], score=round(s, 6), models=ms, reasons=[why]) for t, (s, ms, why) in ranked if t in meta

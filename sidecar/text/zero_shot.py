@@ -1,12 +1,15 @@
-"""Zero-shot text search over what the analysis measured: MusiCNN's 50 tag probabilities, the DSP features
-and the library's own metadata. No training, no audio-text model needed.
+"""Zero-shot text search over what the analysis measured: MusiCNN's tags (the MSD tags and, where the library
+has them, the MagnaTagATune tags), the DSP features and the library's own metadata. No training, no audio-text
+model needed.
 
-A prompt is split into clauses ("upbeat rock, no vocals" -> "upbeat rock" and a negated "vocals"); each
-clause is matched by sentence similarity against a lexicon of concepts: the 50 MSD tags (with synonyms)
-and words people use for what the DSP analysis measures ("calm", "driving", "orchestral"...). Each concept
-says which tags and features speak for it. Tracks are scored on per-library percentile ranks, so a tag that
-every track has (electronic, ambient) does not dominate, and the score says which concepts it came from.
-The concepts, their words and recipes are in vocabulary.py.
+A prompt is split into clauses ("upbeat rock, no vocals" -> "upbeat rock" and a negated "vocals"; a negation
+word starts a clause of its own); each clause is matched against the concepts of the vocabulary
+(vocabulary.py) by sentence similarity with every phrase, so that "soundscape for sleeping" finds ambient; the
+concepts close to the clause's best match count, weighted by how close they are (the clause's gist: in "calm
+ambient soundscape" ambient weighs more than calm), and so does, at least a little, every concept whose phrase
+the clause contains word for word ("slow dark ambient" names calm too). Tracks are scored on the library's
+calibrated columns (calibration.py: z-scored logits, so a tag that every track has does not dominate), and the
+score says which concepts it came from. A clause that reads like a track's genre, artist or album lifts that track.
 """
 from __future__ import annotations
 
@@ -20,18 +23,23 @@ import numpy as np
 
 from sidecar.data.catalog import Catalog
 from sidecar.plugins import TextEncoder
-from sidecar.text.vocabulary import CONCEPTS_BY_NAME, DESCRIPTORS, FEATURES, LEXICON, MSD_TAGS, Concept
+from sidecar.text.calibration import Measurements
+from sidecar.text.vocabulary import CONCEPTS_BY_NAME, DESCRIPTORS, LEXICON, NEGATIONS, TAG_CONCEPTS_BY_NAME, words_of
 
-MIN_SIMILARITY = 0.4  # below this a concept's match is noise (measured: lower ranks are unrelated tags)
+MIN_SIMILARITY = 0.5  # below this a concept's match is noise (measured on the quality corpus: 0.4 let in unrelated tags)
 # Genre words are all fairly similar to each other ("orchestral" ~ "electronic" 0.5): a clause keeps only the
 # concepts close to its best match.
 MAX_BELOW_BEST = 0.2
 METADATA_MIN_SIMILARITY = 0.5
+REASON_MIN = 0.5  # a concept is a reason for a track that stands this many standard deviations its way on it
 METADATA_FIELDS = ("genre", "artist", "album")
 CLAUSE_CACHE_SIZE = 4096  # sentence vectors of recent clauses (1.5 KB each): a repeated clause skips the encoder
 
-_NEGATION = re.compile(r"^(no|not|without|non|avoid|except|minus|nothing)\b[\s-]*", re.I)
+_NEGATION = re.compile(rf"^(?:{'|'.join(NEGATIONS)})\b[\s-]*", re.I)
+_BEFORE_NEGATION = re.compile(rf"(?<=\w)\s+(?=(?:{'|'.join(NEGATIONS)})\b)", re.I)
 _SPLIT = re.compile(r"\s*(?:[,;/]|\bbut\b|\band\b|\bwith\b|\bplus\b)\s*", re.I)
+_ANYTHING_BUT = re.compile(r"\b(?:anything|everything)\s+but\b", re.I)  # a negation, though "but" splits clauses
+_WHOLE = ("drum and bass", "rock and roll", "rhythm and blues")  # names with a splitting word in them
 
 
 @dataclass
@@ -42,15 +50,16 @@ class Clause:
 
 def parse_prompt(prompt: str) -> list[Clause]:
     """'upbeat rock, no vocals' -> [upbeat rock (+), vocals (-)]"""
+    text = _BEFORE_NEGATION.sub(" , ", _ANYTHING_BUT.sub(" not ", prompt.strip()))
+    for name in _WHOLE:  # hidden from the split: its "and" becomes a NUL character until then
+        text = re.sub(re.escape(name), name.replace(" and ", "\x00"), text, flags=re.I)
     clauses = []
-    for part in _SPLIT.split(prompt.strip()):
-        part = part.strip(" .!?")
-        if not part:
-            continue
+    for part in _SPLIT.split(text):
+        part = part.replace("\x00", " and ").strip(" .!?")
         negative = bool(_NEGATION.match(part))
-        text = _NEGATION.sub("", part).strip()
-        if text:
-            clauses.append(Clause(text, negative))
+        words = _NEGATION.sub("", part).strip()
+        if words:
+            clauses.append(Clause(words, negative))
     return clauses
 
 
@@ -70,55 +79,39 @@ class ScoredTrack:
 
 
 class LibraryIndex:
-    """Per-track tag probabilities and features as percentile ranks, rebuilt when the catalog changes."""
+    """The library's calibrated tags and features, and its metadata words, rebuilt when the catalog changes."""
 
     def __init__(self, catalog: Catalog, encoder: TextEncoder):
         self.catalog, self.encoder = catalog, encoder
         self._stamp = None
         self._lock = threading.Lock()
         self.track_ids: list[str] = []
-        self.tags = np.zeros((0, len(MSD_TAGS)), np.float32)
-        self.features = np.zeros((0, len(FEATURES)), np.float32)
+        self.calibration = Measurements().calibrate()
         # the library's own words: each distinct genre, artist and album is embedded once (a library has far
         # fewer of them than tracks), and each track points at its values
         self.words: list[str] = []
         self.word_vectors = np.zeros((0, encoder.dim), np.float32)
         self.track_words = np.zeros((0, len(METADATA_FIELDS)), np.int64)  # index into words, -1: none
-        self._concepts: dict[str, np.ndarray] = {}  # concept -> its score per track, for the current analysis
 
     def refresh(self) -> None:
         stamp = self.catalog.analysis_stamp()
         with self._lock:
             if stamp == self._stamp:
                 return
-            ids = []
-            tags, feats, meta = array("f"), array("f"), array("q")  # packed as read: lists of floats would be 0.2 GB at 100k
+            ids, measured, meta = [], Measurements(), array("q")
             known = {w: i for i, w in enumerate(self.words)}
             for r in self.catalog.iter_analysed_tracks():
-                t, f = r["tags"], dict(r["features"])
-                f["minor"] = 1.0 if f.get("scale") == "minor" else 0.0
                 ids.append(r["track_id"])
-                tags.extend(t.get(name, 0.0) for name in MSD_TAGS)
-                feats.extend(float(f.get(name, np.nan)) for name in FEATURES)
+                measured.add(r["tags"], r["features"])
                 meta.extend(known.setdefault(str(r[k]), len(known)) if r[k] else -1 for k in METADATA_FIELDS)
             self.track_ids = ids
-            self.tags = percentiles(np.frombuffer(tags, np.float32).reshape(len(ids), len(MSD_TAGS)))
-            self.features = percentiles(np.frombuffer(feats, np.float32).reshape(len(ids), len(FEATURES)))
+            self.calibration = measured.calibrate()
             new = list(known)[len(self.words):]
             if new:
                 self.word_vectors = np.concatenate([self.word_vectors, self.encoder.encode(new)])
                 self.words += new
             self.track_words = np.frombuffer(meta, np.int64).reshape(len(ids), len(METADATA_FIELDS))
-            self._concepts = {}
             self._stamp = stamp
-
-    def concept_score(self, c: Concept) -> np.ndarray:
-        """c.score() on this index, computed once per analysis of the library (a concept is a fixed mix of columns)."""
-        cache = self._concepts
-        s = cache.get(c.name)
-        if s is None:
-            s = cache[c.name] = c.score(self.tags, self.features)
-        return s
 
     def metadata_similarity(self, clause_vectors: np.ndarray) -> np.ndarray:
         """Per track, the best similarity of any clause to its genre, artist or album (0 where it has none)."""
@@ -131,19 +124,6 @@ class LibraryIndex:
         return best
 
 
-def percentiles(x: np.ndarray) -> np.ndarray:
-    """Each column as percentile ranks in [0, 1]; missing values (NaN) sit at 0.5 (no evidence either way)."""
-    out = np.full(x.shape, 0.5, np.float32)
-    n = x.shape[0]
-    for j in range(x.shape[1]):
-        col = x[:, j]
-        ok = ~np.isnan(col)
-        if ok.sum() > 1:
-            ranks = col[ok].argsort(kind="stable").argsort(kind="stable")
-            out[ok, j] = ranks / (ok.sum() - 1)
-    return out if n else x
-
-
 class ZeroShotSearch:
     def __init__(self, catalog: Catalog, encoder: TextEncoder):
         self.encoder = encoder
@@ -151,6 +131,8 @@ class ZeroShotSearch:
         phrases = [(i, p) for i, c in enumerate(LEXICON) for p in c.phrases]
         self._phrase_concept = np.array([i for i, _ in phrases])
         self._phrase_vectors = encoder.encode([p for _, p in phrases])
+        self._phrase_words = {tuple(words_of(p)): i for i, p in phrases}  # the phrases as words, for a clause that names them
+        self._longest_phrase = max(len(w) for w in self._phrase_words)
         self._clauses: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU: clause text -> sentence vector
         self._clauses_lock = threading.Lock()
 
@@ -170,6 +152,20 @@ class ZeroShotSearch:
                     self._clauses.popitem(last=False)
         return np.stack([known[t] for t in texts])
 
+    def named(self, text: str) -> list[int]:
+        """The concepts whose phrases the text contains word for word, longest phrases first."""
+        words, found, i = words_of(text), [], 0
+        while i < len(words):
+            for n in range(min(self._longest_phrase, len(words) - i), 0, -1):
+                concept = self._phrase_words.get(tuple(words[i : i + n]))
+                if concept is not None:
+                    found.append(concept)
+                    i += n
+                    break
+            else:
+                i += 1
+        return found
+
     def match(self, prompt: str, negative_prompts: list[str] = ()) -> tuple[list[Match], list[Clause]]:
         """Concepts named by the prompt, each with its weight; and the clauses (for metadata matching)."""
         clauses = parse_prompt(prompt) + [Clause(c.text, not c.negative) for n in negative_prompts for c in parse_prompt(n)]
@@ -181,8 +177,8 @@ class ZeroShotSearch:
             best = np.full(len(LEXICON), -1.0)
             np.maximum.at(best, self._phrase_concept, row)
             floor = max(MIN_SIMILARITY, best.max() - MAX_BELOW_BEST)
-            for i in np.flatnonzero(best >= floor):
-                w = (best[i] - floor) / (1 - floor) + 0.1
+            for i in np.union1d(np.flatnonzero(best >= floor), self.named(clause.text)).astype(int):
+                w = max(best[i] - floor, 0.0) / (1 - floor) + 0.1
                 m = Match(LEXICON[i].name, -w if clause.negative else w, float(best[i]), clause.text)
                 if LEXICON[i].name not in matches or abs(m.weight) > abs(matches[m.concept].weight):
                     matches[m.concept] = m
@@ -191,33 +187,39 @@ class ZeroShotSearch:
     def search(self, prompt: str, negative_prompts: list[str] = (), limit: int = 25) -> tuple[list[ScoredTrack], list[Match]]:
         idx = self.index
         idx.refresh()
+        track_ids, calibration = idx.track_ids, idx.calibration  # of one analysis, should another refresh come
         matches, clauses = self.match(prompt, negative_prompts)
-        n = len(idx.track_ids)
+        n = len(track_ids)
         if n == 0:
             return [], matches
         score = np.zeros(n, np.float32)
-        parts: list[tuple[str, np.ndarray]] = []
+        parts: list[tuple[str, float, np.ndarray]] = []  # (reason, weight, how far each track stands its way)
         total = 0.0
         for m in matches:
-            s = idx.concept_score(CONCEPTS_BY_NAME[m.concept])
-            score += m.weight * s
+            s = calibration.concept(CONCEPTS_BY_NAME[m.concept])
+            if s is None:  # none of its tags or features is in this library
+                continue
+            way = s if m.weight > 0 else -s  # how far each track stands the way the prompt asks
+            # "no vocals" pushes down the tracks that have vocals; it does not rank the rest by how little they have
+            score += abs(m.weight) * (way if m.weight > 0 else np.minimum(way, 0.0))
             total += abs(m.weight)
-            parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", m.weight * s))
-        # the library's own words: a clause that reads like a track's genre, artist or album
+            parts.append((f"{'not ' if m.weight < 0 else ''}{m.concept} (from '{m.clause}', {m.similarity:.2f})", abs(m.weight), way))
+        if total:
+            score /= total
+        # the library's own words: a clause that reads like a track's genre, artist or album lifts the track by up
+        # to the whole spread of the audio score (what the library says outweighs what the audio suggests)
         positive = [c.text for c in clauses if not c.negative]
         if positive and len(idx.words):
             msim = idx.metadata_similarity(self.clause_vectors(positive))
-            bonus = np.where(msim >= METADATA_MIN_SIMILARITY, msim, 0.0).astype(np.float32)
-            score += bonus
-            total += 1.0 if bonus.any() else 0.0
-            parts.append(("metadata", bonus))
-        if total:
-            score /= total
+            spread = float(score.max() - score.min()) or 1.0
+            lift = np.where(msim >= METADATA_MIN_SIMILARITY, msim * spread, 0.0).astype(np.float32)
+            score += lift
+            parts.append(("metadata", 1.0, lift))
         order = top_k(score, limit)
         out = []
         for i in order:
-            reasons = [name for name, contrib in sorted(parts, key=lambda p: -abs(p[1][i])) if abs(contrib[i]) > 0.05][:3]
-            out.append(ScoredTrack(idx.track_ids[i], float(score[i]), reasons))
+            ways = sorted(((w * v[i], name) for name, w, v in parts if v[i] >= REASON_MIN), reverse=True)
+            out.append(ScoredTrack(track_ids[i], float(score[i]), [name for _, name in ways[:3]]))
         return out, matches
 
 
@@ -230,17 +232,17 @@ def top_k(score: np.ndarray, k: int) -> np.ndarray:
     return near[np.argsort(-score[near], kind="stable")[:k]]
 
 
+DESCRIBES = 0.75  # a descriptor describes a track in the top quarter of the library on it
+
+
 def describe_track(
-    tags: dict[str, float], feature_percentiles: dict[str, float], metadata: dict[str, str | None]
+    tags: dict[str, float], descriptor_percentiles: dict[str, float], metadata: dict[str, str | None]
 ) -> list[tuple[str, ...]]:
-    """What the library says of one track, as word slots: each slot lists interchangeable words (a tag and
-    its synonyms, a descriptor's phrases), the first being the plain one. The training text of the projection."""
-    slots = [CONCEPTS_BY_NAME[t].phrases for t, p in sorted(tags.items(), key=lambda kv: -kv[1]) if p >= 0.1][:5]
-    for c in DESCRIPTORS:
-        if c.features:
-            total = sum(abs(w) for w in c.features.values())
-            like = sum(abs(w) * (feature_percentiles[f] if w > 0 else 1 - feature_percentiles[f]) for f, w in c.features.items())
-            if like / total >= 0.75:
-                slots.append(c.phrases)
+    """What the library says of one track, as word slots: each slot lists interchangeable words (an MSD tag and
+    its synonyms, a descriptor's phrases), the first being the plain one. The training text of the projection.
+    `descriptor_percentiles`: the track's percentile rank in the library on each descriptor."""
+    msd = [(t, p) for t, p in tags.items() if t in TAG_CONCEPTS_BY_NAME]
+    slots = [TAG_CONCEPTS_BY_NAME[t].phrases for t, p in sorted(msd, key=lambda kv: -kv[1]) if p >= 0.1][:5]
+    slots += [c.phrases for c in DESCRIPTORS if descriptor_percentiles.get(c.name, 0.0) >= DESCRIBES]
     slots += [(str(v),) for k in ("genre", "artist", "album", "year") if (v := metadata.get(k))]
     return slots
