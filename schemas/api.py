@@ -38,6 +38,10 @@ class TrackDetail(TrackBrief):
     year: str | None = None
     paths: list[str]
     models: dict[str, ModelResult]
+    duplicate_of: str | None = Field(
+        default=None, description="the track this one is another file of (another format, bit rate, trim or master of the "
+        "same recording): the first added of the group; null for that one and for a track with no other file",
+    )
 
 
 class TrackList(BaseModel):

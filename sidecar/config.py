@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         description="per-plugin options: SIDECAR_PLUGINS__MERT__CHECKPOINT=/path sets plugins['mert']['checkpoint']",
     )
     text_encoder: str = Field(default="minilm", description="sentence encoder for text search")
+    allow_duplicate_recordings: bool = Field(
+        default=False, description="let one playlist hold the same recording twice (another format, bit rate, trim or "
+        "master of a track: its duplicate_of); false: the best-ranked copy stays and the list fills from further down",
+    )
     ingest_workers: int = Field(default=2, ge=1, le=64, description="tracks analysed at once")
     torch_threads: int = Field(default=1, ge=1, le=64, description="intra-op threads per analysis")
     ingest_nice: int = Field(

@@ -4,9 +4,11 @@ connections see each other's writes, the write token moves when another process 
 workers resolving the same audio make one track."""
 from __future__ import annotations
 
+import base64
 import sqlite3
 import threading
 
+import numpy as np
 import pytest
 
 from sidecar.data.catalog import Catalog
@@ -249,3 +251,84 @@ def test_the_media_server_reads_and_writes(catalog):
     assert [(p["name"], p["track_ids"]) for p in catalog.playlists("ann")] == [("Zed", [a])]
     catalog.delete_playlist("p2")
     assert [p["playlist_id"] for p in catalog.playlists()] == ["p1"]
+
+
+# ---- the same recording in other files (sidecar/data/recordings.py)
+DSP = {"tempo_bpm": 120.0, "dynamics_db": 9.5, "percussiveness": 0.12, "brightness": 1800.0, "key_strength": 0.7}
+
+
+def dsp_features(recording: int, shift: int = 0, **changes) -> dict:
+    """A DSP result of one recording (a seed): its loudness contour (levels every 0.125 s, as the DSP analysis
+    encodes them, the first `shift` steps trimmed) and DSP's descriptors changed by `changes`."""
+    rng = np.random.default_rng(recording)
+    levels = 3 * np.convolve(rng.normal(size=1100), np.ones(6) / 6, "same")[shift : shift + 960]
+    steps = np.clip(np.round((levels - np.median(levels)) * 4), -100, 127).astype(np.int8)
+    return dict(DSP, loudness_contour=base64.b64encode(steps.tobytes()).decode("ascii"), **changes)
+
+
+def analyse(catalog: Catalog, track_id: str, recording: int = 0, shift: int = 0, error: str | None = None, **changes) -> None:
+    """Store a DSP result for the track: of `recording`, descriptors changed by `changes`; or a failure."""
+    content = catalog.track(track_id)["content_hash"]
+    features = None if error else dsp_features(recording, shift, **changes)
+    catalog.record_embedding(track_id, "dsp", "1", content, error=error, features=features)
+
+
+def duplicate_of(catalog: Catalog, *track_ids: str) -> list[str | None]:
+    return [catalog.track(t)["duplicate_of"] for t in track_ids]
+
+
+def test_other_files_of_a_recording_are_grouped_under_the_first_and_leave_when_they_change(catalog):
+    a = add(catalog, "/m/a.flac", "hash-a")  # 200 s
+    mp3 = add(catalog, "/m/a.mp3", "hash-a-mp3", duration_s=199.9)
+    trim = add(catalog, "/m/a-trim.flac", "hash-a-trim", duration_s=195.0)
+    quiet = add(catalog, "/m/a-6db.flac", "hash-a-6db")
+    alike = add(catalog, "/m/b.flac", "hash-b")  # another recording that measures alike
+    other = add(catalog, "/m/c.flac", "hash-c")  # another track of the album: its rhythm differs a little
+    longer = add(catalog, "/m/d.flac", "hash-d", duration_s=230.0)  # the same recording, but 30 s longer
+    analyse(catalog, a)
+    analyse(catalog, mp3, dynamics_db=9.8, brightness=1790.0)
+    analyse(catalog, trim, shift=17, key_strength=0.69, percussiveness=0.123)
+    analyse(catalog, quiet, dynamics_db=8.0)
+    analyse(catalog, alike, recording=1)
+    analyse(catalog, other, percussiveness=0.14)
+    analyse(catalog, longer)
+    assert duplicate_of(catalog, a, mp3, trim, quiet, alike, other, longer) == [None, a, a, a, None, None, None]
+    assert catalog.recording_groups() == {a: a, mp3: a, trim: a, quiet: a}
+    detail = catalog.track(mp3)["models"]["dsp"]["features"]
+    assert "loudness_contour" not in detail and detail["dynamics_db"] == 9.8  # the contour is kept apart
+    analyse(catalog, mp3, dynamics_db=9.8, brightness=1790.0)  # the same result again changes nothing
+    assert duplicate_of(catalog, a, mp3) == [None, a]
+    # analysed again with other values (new audio in the file): it leaves the group; a failed analysis too
+    analyse(catalog, trim, recording=2)
+    analyse(catalog, quiet, error="RuntimeError: out of memory")
+    assert duplicate_of(catalog, a, mp3, trim, quiet) == [None, a, None, None]
+    assert catalog.recording_groups() == {a: a, mp3: a}
+    analyse(catalog, a, recording=3)  # the first one changes: the group is gone
+    assert duplicate_of(catalog, a, mp3) == [None, None] and catalog.recording_groups() == {}
+
+
+def test_when_the_first_of_a_group_goes_the_next_leads(catalog):
+    a, b, c = (add(catalog, f"/m/{n}.ogg", f"hash-{n}") for n in "abc")
+    for t in (a, b, c):
+        analyse(catalog, t)
+    assert duplicate_of(catalog, a, b, c) == [None, a, a]
+    assert catalog.remove_file("/m/a.ogg") == a
+    catalog.delete_track(a)
+    assert duplicate_of(catalog, b, c) == [None, b] and catalog.recording_groups() == {b: b, c: b}
+    assert catalog.remove_file("/m/b.ogg") == b
+    catalog.delete_track(b)
+    assert duplicate_of(catalog, c) == [None] and catalog.recording_groups() == {}
+
+
+def test_a_track_like_two_groups_joins_them_and_splits_them_when_it_goes(catalog):
+    """The rule is not transitive: a copy of a copy belongs to its original's group (connected parts)."""
+    low, high = add(catalog, "/m/low.ogg", "hash-low"), add(catalog, "/m/high.ogg", "hash-high")
+    analyse(catalog, low, dynamics_db=9.5)
+    analyse(catalog, high, dynamics_db=13.5)  # 4 dB apart: not one recording
+    assert duplicate_of(catalog, low, high) == [None, None]
+    middle = add(catalog, "/m/middle.ogg", "hash-middle")
+    analyse(catalog, middle, dynamics_db=11.5)  # within 2.56 dB of each
+    assert duplicate_of(catalog, low, high, middle) == [None, low, low]
+    catalog.remove_file("/m/middle.ogg")
+    catalog.delete_track(middle)
+    assert duplicate_of(catalog, low, high) == [None, None]

@@ -141,7 +141,7 @@ def check_store(s: Settings, running: bool) -> Check:
 
 def check_catalog(s: Settings) -> Check:
     """Reach the catalog and read its schema version, writing nothing (a new one is made on first start)."""
-    from sidecar.data.schema import LATEST
+    from sidecar.data.schema import LATEST, stored_version
     from sidecar.data.sql import DatabaseError, open_database
 
     if not s.catalog_url:
@@ -152,9 +152,7 @@ def check_catalog(s: Settings) -> Check:
     except DatabaseError as e:
         return Check("catalog", FAIL, str(e), "check SIDECAR_CATALOG_URL, and that PostgreSQL is up and lets this user in")
     try:
-        version = db.query("SELECT MAX(version) AS v FROM schema_version")[0]["v"]
-    except Exception:  # a new, empty database
-        version = None
+        version = stored_version(db)
     finally:
         db.close()
     if version is not None and version > LATEST:

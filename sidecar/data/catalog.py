@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sidecar.data.ids import MEDIA_SERVER
+from sidecar.data.recordings import (
+    CONTOUR, DESCRIPTORS, KEYS_MODEL, Keys, candidate_ranges, contour, descriptors, group_roots, same_recording,
+)
 from sidecar.data.schema import migrate
 from sidecar.data.sql import Database, open_database
 
+DUPLICATES_LOCK = "duplicates"  # held while tracks are grouped into recordings
 # the media server's song id of a track, as a column of a query over `tracks t`
 SERVER_ID = f"(SELECT MIN(e.external_id) FROM external_ids e WHERE e.track_id = t.track_id AND e.server = '{MEDIA_SERVER}') AS server_id"
 
@@ -35,8 +39,10 @@ class FileRow:
 class Catalog:
     """Thread-safe; every call is a short transaction."""
 
-    def __init__(self, target: str | Path):
+    def __init__(self, target: str | Path, *, allow_duplicate_recordings: bool = False):
         self.db: Database = open_database(target)
+        # the setting lists apply (sidecar.data.recordings.Recordings.of): may one list hold a recording twice
+        self.allow_duplicate_recordings = allow_duplicate_recordings
         self.writer = f"{socket.gethostname()}:{os.getpid()}"  # recorded with each analysis: which process made it
         self._stamp: tuple | None = None  # (writes, analysis_stamp) when last counted
         try:
@@ -140,8 +146,10 @@ class Catalog:
     def delete_track(self, track_id: str) -> None:
         """Called after the track's vectors were deleted from the store."""
         with self._tx() as db:
+            db.lock(DUPLICATES_LOCK)  # before any row lock, as record_embedding takes it
             db.execute("SELECT track_id FROM tracks WHERE track_id = ? FOR UPDATE", (track_id,))  # see resolve_track
             if db.execute("SELECT 1 FROM files WHERE track_id = ? LIMIT 1", (track_id,)).fetchone() is None:
+                self._regroup(db, self._groups_of(db, [track_id]) - {track_id})  # the next of its group leads
                 db.execute(
                     "INSERT INTO vector_log (model, track_id, op, at) SELECT model, track_id, 'delete', ? FROM embeddings"
                     " WHERE track_id = ? AND status = 'done'", (time.time(), track_id),
@@ -175,9 +183,13 @@ class Catalog:
         tags: dict | None = None, features: dict | None = None, seconds: float | None = None,
     ) -> None:
         """The result of one model on one track, after its vector is stored (or the reason it failed). A stored
-        vector is also logged, for processes that keep a copy of the vectors (see vector_changes)."""
+        vector is also logged, for processes that keep a copy of the vectors (see vector_changes). A DSP result's
+        loudness contour is kept apart, with what finds its other files (sidecar/data/recordings.py)."""
         now = time.time()
+        kept = features if features is None or CONTOUR not in features else {k: v for k, v in features.items() if k != CONTOUR}
         with self._tx() as db:
+            if model == KEYS_MODEL:  # first, before any row lock: workers storing two copies at once take turns (the
+                db.lock(DUPLICATES_LOCK)  # write token's row serialises them today too; this does not lean on that)
             db.execute(
                 "INSERT INTO embeddings (track_id, model, model_version, content_hash, status, error, tags, features, seconds,"
                 " updated_at, analysed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(track_id, model) DO UPDATE SET"
@@ -185,11 +197,87 @@ class Catalog:
                 " error = excluded.error, tags = excluded.tags, features = excluded.features, seconds = excluded.seconds,"
                 " updated_at = excluded.updated_at, analysed_by = excluded.analysed_by",
                 (track_id, model, version, content_hash, "failed" if error else "done", error,
-                 json.dumps(tags) if tags is not None else None, json.dumps(features) if features is not None else None,
+                 json.dumps(tags) if tags is not None else None, json.dumps(kept) if kept is not None else None,
                  seconds, now, self.writer),
             )
             if error is None:
                 db.execute("INSERT INTO vector_log (model, track_id, op, at) VALUES (?, ?, 'upsert', ?)", (model, track_id, now))
+            if model == KEYS_MODEL:  # in this transaction: an event that comes back after a crash runs no model again
+                self._place_recording(db, track_id, features if error is None else None)
+
+    # ---- the same recording in other files (sidecar/data/recordings.py)
+    def recording_groups(self) -> dict[str, str]:
+        """{track id: the first track of its group} for every track that has another file of its recording."""
+        rows = self._q("SELECT track_id, duplicate_of FROM tracks WHERE duplicate_of IS NOT NULL")
+        return {**{r["duplicate_of"]: r["duplicate_of"] for r in rows}, **{r["track_id"]: r["duplicate_of"] for r in rows}}
+
+    def _place_recording(self, db, track_id: str, features: dict | None) -> None:
+        """Key the track by its DSP result (None: it has none now) and regroup it, its old group and the groups of
+        the tracks it matches: SQL narrows the candidates by the duration's index and the descriptors' ranges, then
+        the rule decides. The caller holds DUPLICATES_LOCK."""
+        affected = self._groups_of(db, [track_id])
+        row = db.execute("SELECT duration_s FROM tracks WHERE track_id = ?", (track_id,)).fetchone()
+        desc = descriptors(features)
+        if row is None or row["duration_s"] is None or desc is None:
+            db.execute("DELETE FROM duplicate_keys WHERE track_id = ?", (track_id,))
+        else:
+            keys = Keys(float(row["duration_s"]), desc, contour(features.get(CONTOUR)))
+            cols = ", ".join(DESCRIPTORS)
+            db.execute(
+                f"INSERT INTO duplicate_keys (track_id, duration_s, {cols}, contour) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(track_id) DO UPDATE SET duration_s = excluded.duration_s, contour = excluded.contour, "
+                + ", ".join(f"{c} = excluded.{c}" for c in DESCRIPTORS),
+                (track_id, keys.duration, *desc, features.get(CONTOUR)),
+            )
+            near = " AND ".join(f"{c} BETWEEN ? AND ?" for c in ("duration_s",) + DESCRIPTORS)
+            rows = db.execute(
+                f"SELECT track_id, duration_s, {cols}, contour FROM duplicate_keys WHERE {near} AND track_id <> ?",
+                (*(v for r in candidate_ranges(keys.duration, desc) for v in r), track_id),
+            ).fetchall()
+            matches = [r["track_id"] for r in rows if same_recording(keys, self._keys(r))]
+            affected |= self._groups_of(db, matches)
+        self._regroup(db, affected | {track_id})
+
+    @staticmethod
+    def _keys(row) -> Keys:
+        return Keys(row["duration_s"], tuple(row[c] for c in DESCRIPTORS), contour(row["contour"]))
+
+    @staticmethod
+    def _groups_of(db, track_ids: list[str]) -> set[str]:
+        """Every track of the groups of these tracks, themselves included."""
+        if not track_ids:
+            return set()
+        marks = ",".join("?" * len(track_ids))
+        roots = [r["root"] for r in db.execute(
+            f"SELECT COALESCE(duplicate_of, track_id) AS root FROM tracks WHERE track_id IN ({marks})", track_ids)]
+        found = set(track_ids)
+        if roots:
+            marks = ",".join("?" * len(roots))
+            found |= {r["track_id"] for r in db.execute(
+                f"SELECT track_id FROM tracks WHERE track_id IN ({marks}) OR duplicate_of IN ({marks})", [*roots, *roots])}
+        return found
+
+    @classmethod
+    def _regroup(cls, db, track_ids: set[str]) -> None:
+        """Group these tracks (whole groups) anew by the rule: each one's duplicate_of becomes its group's first track
+        (the earliest added), NULL for that one and for tracks alone."""
+        if not track_ids:
+            return
+        marks = ",".join("?" * len(track_ids))
+        rows = db.execute(
+            f"SELECT t.track_id, t.created_at, t.duplicate_of, k.duration_s, {', '.join('k.' + c for c in DESCRIPTORS)}, k.contour"
+            f" FROM tracks t LEFT JOIN duplicate_keys k ON k.track_id = t.track_id WHERE t.track_id IN ({marks})",
+            list(track_ids),
+        ).fetchall()
+        rows = sorted(rows, key=lambda r: (r["created_at"], r["track_id"]))
+        keyed = [r for r in rows if r["duration_s"] is not None]
+        roots = group_roots([cls._keys(r) for r in keyed])
+        lead = {r["track_id"]: keyed[j]["track_id"] for r, j in zip(keyed, roots)}
+        for r in rows:
+            new = lead.get(r["track_id"], r["track_id"])
+            new = None if new == r["track_id"] else new
+            if new != r["duplicate_of"]:
+                db.execute("UPDATE tracks SET duplicate_of = ? WHERE track_id = ?", (new, r["track_id"]))
 
     # ---- the vector log: what other processes' mirrors must apply
     def vector_log_head(self) -> int:

@@ -11,6 +11,7 @@ The tables:
   reason it failed; a track is embedded again only when either differs;
 - failures: files that could not be decoded, with the reason;
 - replays, listens, ratings, external_ids (the media server's song ids), playlists;
+- duplicate_keys: what finds the same recording in other files (tracks.duplicate_of, sidecar/data/recordings.py);
 - vector_log: every vector written or deleted, in order, so that processes which did not write it (API
   replicas beside ingest workers) bring their in-memory copy up to date.
 """
@@ -129,6 +130,25 @@ CREATE TABLE IF NOT EXISTS vector_log (
 CREATE INDEX IF NOT EXISTS vector_log_at ON vector_log(at);
 """
 
+# duplicate_of: the first track of the track's recording group (NULL: none, or the first itself). duplicate_keys:
+# per track with a DSP result, what the rule compares: the duration and descriptors as columns, so that SQL narrows
+# the candidates (their index: the duration's range, the descriptors read from the index itself), and the loudness
+# contour, read only for the few left
+_DUPLICATES = """
+ALTER TABLE tracks ADD COLUMN duplicate_of TEXT;
+CREATE INDEX IF NOT EXISTS tracks_duplicate_of ON tracks(duplicate_of, track_id) WHERE duplicate_of IS NOT NULL;
+CREATE TABLE IF NOT EXISTS duplicate_keys (
+    track_id TEXT PRIMARY KEY REFERENCES tracks(track_id) ON DELETE CASCADE,
+    duration_s DOUBLE PRECISION NOT NULL,
+    dynamics_db DOUBLE PRECISION NOT NULL,
+    percussiveness DOUBLE PRECISION NOT NULL,
+    log_brightness DOUBLE PRECISION NOT NULL,
+    key_strength DOUBLE PRECISION NOT NULL,
+    contour TEXT
+);
+CREATE INDEX IF NOT EXISTS duplicate_keys_near ON duplicate_keys(duration_s, dynamics_db, percussiveness, log_brightness, key_strength);
+"""
+
 # (version, what it does, SQL for both or {dialect: SQL})
 MIGRATIONS: list[tuple[int, str, str | dict[str, str]]] = [
     (1, "the base tables", BASE),
@@ -142,6 +162,8 @@ MIGRATIONS: list[tuple[int, str, str | dict[str, str]]] = [
         "sqlite": "",
         "postgres": "ALTER TABLE files ADD COLUMN seq BIGINT GENERATED ALWAYS AS IDENTITY",
     }),
+    (5, "the same recording in other files (sidecar/data/recordings.py): each track's group, and the values it is found by",
+     _DUPLICATES),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -162,6 +184,14 @@ def _adopt_sqlite_catalog(db: Database) -> None:
     columns = db.query("PRAGMA table_info(replays)")
     if columns and not any(r["name"] == "scope" for r in columns):
         db.query("ALTER TABLE replays ADD COLUMN scope TEXT")
+
+
+def stored_version(db: Database) -> int | None:
+    """The catalog's schema version as recorded, or None for a database with no catalog yet; writes nothing."""
+    try:
+        return db.query("SELECT MAX(version) AS v FROM schema_version")[0]["v"]
+    except Exception:  # no schema_version table: an empty database (each dialect raises its own error)
+        return None
 
 
 def migrate(db: Database) -> int:
