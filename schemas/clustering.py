@@ -62,7 +62,9 @@ class ClusteringStart(BaseModel):
 
 
 class ClusteringConflict(ErrorBody):
-    job_id: str = Field(description="the job that is running")
+    """409: a job is running already (its id), or the library has too few tracks for the request (no id)."""
+
+    job_id: str | None = Field(default=None, description="the job that is running, when that is the conflict")
 
 
 class Progress(BaseModel):

@@ -76,7 +76,8 @@ class AlchemyRequest(BaseModel):
     )
     n: int = Field(default=25, ge=1, le=500)
     subtract_radius: float | None = Field(
-        default=None, ge=0, le=2, description="cosine distance: candidates this close to a subtracted track are filtered out (default 0.2)"
+        default=None, ge=0, le=2, description="cosine distance: candidates this close to a subtracted track are filtered out; "
+        "default: each subtracted track's nearest tenth of the library (its own radius, whatever the model's scale)"
     )
     subtract_distance: float | None = Field(default=None, ge=0, le=2, description="AudioMuse-AI's name for subtract_radius")
     subtract_weight: float = Field(default=0.0, ge=0, le=1, description="also move the target away from the subtract centroid by this much")
@@ -108,7 +109,7 @@ class AlchemyRequest(BaseModel):
                     target.append(it.id)
         self.items = []
         if self.subtract_radius is None:
-            self.subtract_radius = self.subtract_distance if self.subtract_distance is not None else 0.2
+            self.subtract_radius = self.subtract_distance
         return self
 
 
@@ -143,7 +144,7 @@ class AlchemyResponse(BaseModel):
     model: str
     temperature: float
     seed: int | None = Field(description="the seed the sampling used; null when temperature is 0")
-    subtract_radius: float
+    subtract_radius: float = Field(description="the radius used (by default, the widest of the subtracted tracks' own)")
 
 
 # ---- /api/sonic_fingerprint

@@ -70,7 +70,7 @@ def main() -> None:
     torch_emb = MusicnnEmbedder()
     torch_emb.configure({"backend": "torch"})
     torch_emb.load(args.models_dir)
-    model = torch_emb._model
+    model = torch_emb._models["MSD_musicnn"]
 
     p = patches_of(audio)
     x = np.ascontiguousarray(np.resize(p, (BATCH, *p.shape[1:])), dtype=np.float32)

@@ -1,6 +1,6 @@
 """Recommendation-quality benchmark (issue 13) on real, labelled music from Debian packages.
 
-    .venv/bin/python scripts/bench_quality.py                 # everything: similarity, text, duplicates, cost
+    .venv/bin/python scripts/bench_quality.py                 # everything: similarity, text, duplicates, cost, service
     .venv/bin/python scripts/bench_quality.py --only similarity --show-all
     .venv/bin/python scripts/bench_quality.py --report .cache/quality/bench_output.md
 
@@ -26,12 +26,15 @@ Each step is cached under .cache/quality/, so a rerun takes well under a minute 
    needs both). The best recipe of each cost tier (which networks must be analysed) is shown with a 90%
    interval of its gains (albums resampled). The recommender's `union` merge of two models' ranked lists is
    compared with the fused vector of the same two models.
-4. Text prompts (scripts/quality_text.py): 20 prompts naming the five styles, matched to a concept vocabulary
-   over the MSD and MTT tags and DSP descriptors with per-library calibration; P@10 among the labelled tracks.
+4. Text prompts (scripts/quality_text.py): 20 prompts naming the five styles (and 15 held-out ones) answered
+   by the product's zero-shot search on the analysis's tags and DSP features, beside today's product; P@10
+   among the labelled tracks of the dev albums, of the test albums and of all.
 5. Near-duplicates: 50 tracks re-encoded (MP3, Opus), trimmed, made 6 dB quieter, or all three; rules over
    the vectors, DSP descriptors and durations, with thresholds chosen on the copies of dev tracks; found share
    and false merges among distinct tracks of one album.
 6. CPU cost per track of each network and stage, from the analysis runs and a per-patch timing.
+7. Through the product (scripts/quality_service.py): the corpus analysed by `sidecar scan`, every similarity
+   endpoint and the text prompts asked over HTTP of a running `sidecar serve` on its defaults, scored as above.
 
 Needs the project venv; the first run also needs apt-get (packages) and openmpt123 (tracker modules).
 """
@@ -226,6 +229,32 @@ def union_similarity(sims: list[np.ndarray], top: int = 100) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- candidates
+def plugin_outputs(f: dict[str, np.ndarray], vgg_budget: int) -> tuple[dict, dict | None]:
+    """A track's cached per-patch outputs as the MusiCNN plugin hands them to its recipe: MSD_musicnn on the 24
+    patches, MTT_vgg on the plugin's share of them (`recipe.vgg_patches`), none with a budget of 0."""
+    from plugins.embedders.musicnn.recipe import vgg_patches
+
+    msd = {"dense_preact": f["MSD_musicnn.dense_preact"], "taggram": f["MSD_musicnn.taggram"]}
+    if not vgg_budget:
+        return msd, None
+    pick = vgg_patches(len(msd["dense_preact"]), vgg_budget)
+    return msd, {"pool5": f["MTT_vgg.pool5"][pick], "taggram": f["MTT_vgg.taggram"][pick]}
+
+
+def plugin_space(feats: list[dict[str, np.ndarray]], vgg_budget: int | None = None, blocks=None) -> np.ndarray:
+    """The plugin's track vectors (plugins/embedders/musicnn/recipe.py: `track_vector`) in the store's similarity
+    space (sidecar/data/space.py: `Space`, fitted on these tracks): what the product compares. `blocks`: another
+    split of the same vector, for comparison."""
+    from plugins.embedders.musicnn import VGG_PATCHES
+    from plugins.embedders.musicnn.recipe import space, track_vector
+    from sidecar.data.space import Space
+
+    budget = VGG_PATCHES if vgg_budget is None else vgg_budget
+    raw = np.stack([track_vector(*plugin_outputs(f, budget)) for f in feats])
+    sp = Space.of(blocks or space(budget > 0), raw.shape[1]).fitted(raw, len(raw))
+    return sp.lift(sp.project(sp.transform(raw)))  # as the mirror holds them (projected past 2 x PROJECT tracks)
+
+
 def baseline(lib: Library) -> np.ndarray:
     """The plain MusiCNN vector: mean over the 24 patches of MSD_musicnn's dense layer before ReLU."""
     return lib.pooled("MSD_musicnn.dense_preact")
@@ -262,6 +291,15 @@ def candidate_spaces(lib: Library) -> dict[str, np.ndarray]:
     c["MTT_musicnn penultimate mean, z"] = block(lib, "MTT_musicnn.penultimate", "z")
     c["tags MSD+MTT musicnn (logit), z"] = tags_vector(lib)
     c["tags all four (logit), z"] = tags_vector(lib, NETS)
+    # the plugin's analysis in the store's space: the default, MSD_musicnn alone, and three coarser blocks
+    # (each network's mean and std in one block, std scaled by 0.5; both networks' tags in one block)
+    from sidecar.plugins import Block
+
+    c["plugin default: MSD + MTT_vgg on 12 patches, the store's space"] = plugin_space(lib.feats)
+    c["plugin with vgg_patches=0: MSD alone, the store's space"] = plugin_space(lib.feats, 0)
+    coarse = (Block("msd", 400, 1.0, (1.0,) * 200 + (0.5,) * 200), Block("mtt_vgg", 512, 1.0, (1.0,) * 256 + (0.5,) * 256),
+              Block("tags", 100, 0.5))  # fmt: skip
+    c["plugin default vector, 3 coarse blocks"] = plugin_space(lib.feats, blocks=coarse)
     # DSP alone
     c["DSP vector, raw"] = dsp
     c["DSP vector, z"] = unit(zscore(dsp))
@@ -368,6 +406,14 @@ def run_similarity(lib: Library, show_all: bool, out: list[str]) -> dict:
         out.append(fmt_row("random", rnd[split], styles))
         for name in shown:
             out.append(fmt_row(name, res[split][name], styles))
+    # the product computes the recommended recipe: the plugin's vectors in the store's space give its cosines
+    d = DEFAULT_RECIPE
+    rec = Recipe(d.nets, d.std_weight, d.dsp_weight, d.tags_weight, d.norm, dict(d.patch_step)).fit(lib.feats)
+    ref, plugin = similarity(rec.transform(lib.feats)), sims["plugin default: MSD + MTT_vgg on 12 patches, the store's space"]
+    off = ~np.eye(len(ref), dtype=bool)  # the diagonal holds -inf (a query is not its own neighbour)
+    gap = float(np.abs(ref[off] - plugin[off]).max())
+    out.append(f"\nThe plugin's default analysis in the store's space gives the recommended recipe's cosines within {gap:.1e} "
+               "(float32 storage; the store's variance floor).")  # fmt: skip
     r = recipe_from_name(best)
     if r is not None:  # the Recipe (library statistics, usable on new tracks) is the same space
         assert np.allclose(unit(r.fit(lib.feats).transform(lib.feats)), unit(spaces[best]), atol=1e-6), best
@@ -389,20 +435,26 @@ def _summary_rows(ranked: list[str], base: str, best: str) -> list[str]:
                 "MTT_vgg pool5 mean, z", "tags MSD+MTT musicnn (logit), z", "DSP vector, z", "MSD dense mean, center",
                 "fused MSD: z, mean + DSP(z) at 0.25", "fused MSD: z, mean + DSP(z) at 0.75", "fused MSD: z, mean + DSP(z) at 1.0",
                 "fused MSD: z, mean + DSP(z) at 0.5", "fused MSD+MTT: z, mean", "fused musicnn+vgg (all 4): z, mean",
-                "union(MSD dense z, DSP z)", "union(MSD dense z, MTT_musicnn z)"]  # fmt: skip
+                "union(MSD dense z, DSP z)", "union(MSD dense z, MTT_musicnn z)",
+                "plugin default: MSD + MTT_vgg on 12 patches, the store's space",
+                "plugin with vgg_patches=0: MSD alone, the store's space", "plugin default vector, 3 coarse blocks"]  # fmt: skip
     keep += [f for f in families if f in ranked]
     return [n for n in ranked if n in set(keep)]
 
 
+PARTS = ("similarity", "text", "duplicates", "cost", "service")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("similarity", "text", "duplicates", "cost"), action="append",
-                    help="run only these parts (repeatable); default: all")  # fmt: skip
+    ap.add_argument("--only", choices=PARTS, action="append",
+                    help="run only these parts (repeatable); default: all. service: the corpus analysed by `sidecar scan` and "
+                         "every endpoint asked over HTTP of a running `sidecar serve` (scripts/quality_service.py)")  # fmt: skip
     ap.add_argument("--show-all", action="store_true", help="print every candidate space, not a summary")
     ap.add_argument("--report", type=Path, help="also write the Markdown tables to this file")
     ap.add_argument("--cached-only", action="store_true", help="use the tracks already analysed; analyse nothing")
     args = ap.parse_args(argv)
-    parts = set(args.only or ("similarity", "text", "duplicates", "cost"))
+    parts = set(args.only or PARTS)
     lib = load_library(compute=not args.cached_only)
     out: list[str] = [f"# Recommendation quality ({len(lib.ids)} real tracks)"]
     if "similarity" in parts:
@@ -415,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
         run_duplicates(lib, out, DEFAULT_RECIPE, compute=not args.cached_only)
     if "cost" in parts:
         run_cost(lib, out)
+    if "service" in parts:
+        import quality_service
+        import quality_text as qt
+
+        quality_service.run_service(lib, out, qt.PROMPTS)
     text = "\n".join(out) + "\n"
     print(text)
     if args.report:
@@ -634,6 +691,74 @@ def run_duplicates(lib: Library, out: list[str], recipe: Recipe, compute: bool =
     out.append("\nDescriptor tolerance unit (the 97th percentile of |copy - original| over the dev copies): "
                + ", ".join(f"{k} {t:.3g}" for k, t in zip(DESCRIPTORS, tol97)) + " (brightness: log ratio).")
     out.append(f"\nRecommended vector: {recipe.describe()}.")
+    paths = {t.id: qc.CORPUS / t.path for t in tracks if t.id in index} | {v: path for v, _, path in dups}
+    _product_duplicate_rule(lib, out, fn, dfl, d_sec, lib_sec, o_idx, var, dev, same, paths, [v for v, _, _ in dups])
+
+
+def _product_duplicate_rule(lib: Library, out: list[str], fn: list[str], dfl: list[dict], d_sec: np.ndarray,
+                            lib_sec: np.ndarray, o_idx: np.ndarray, var: np.ndarray, dev: np.ndarray, same: np.ndarray,
+                            paths: dict[str, Path], dup_ids: list[str]) -> None:
+    """The rule the sidecar runs (sidecar.data.recordings: stage 1 the descriptors, stage 2 the loudness contours,
+    constants fixed in the code) on the same copies: found, and false merges among all pairs of distinct tracks."""
+    from sidecar.data.recordings import contour, descriptors, same_contour, similar_descriptors
+
+    def desc(feats: list[dict]) -> np.ndarray:
+        return np.array([descriptors(dict(zip(fn, f["dsp.features"].tolist()))) for f in feats], np.float64)
+
+    Ld, Dd = desc(lib.feats), desc(dfl)
+    contours = _loudness_contours(paths)
+    Lc, Dc = [contour(contours[t]) for t in lib.ids], [contour(contours[v]) for v in dup_ids]
+    found1 = similar_descriptors(d_sec, Dd, lib_sec[o_idx], Ld[o_idx])
+    found = found1 & np.array([same_contour(Dc[i], Lc[o]) for i, o in enumerate(o_idx)])
+    ll1 = np.triu(similar_descriptors(lib_sec[:, None], Ld[:, None, :], lib_sec[None, :], Ld[None, :, :]), 1)
+    dl1 = similar_descriptors(d_sec[:, None], Dd[:, None, :], lib_sec[None, :], Ld[None, :, :])
+    dl1[np.arange(len(o_idx)), o_idx] = False  # a copy and its own original: found, not a false merge
+    ll, dl = np.zeros_like(ll1), np.zeros_like(dl1)
+    for i, j in zip(*np.nonzero(ll1)):
+        ll[i, j] = same_contour(Lc[i], Lc[j])
+    for i, j in zip(*np.nonzero(dl1)):
+        dl[i, j] = same_contour(Dc[i], Lc[j])
+    pairs, album_pairs, others = len(lib.ids) * (len(lib.ids) - 1) // 2, int(same.sum() // 2), dl.size - len(o_idx)
+    out.append("\n### The product's rule (sidecar.data.recordings, the constants fixed in the code)\n")
+    out.append("| stages | found: dev copies | test copies | per alteration | false merges: same-album pairs | all library pairs | (copy, other track) pairs |")
+    out.append("|---|---:|---:|---|---:|---:|---:|")
+    for name, f, l, d in (("1: durations + descriptors", found1, ll1, dl1), ("1 + 2: and loudness contours (the product)", found, ll, dl)):
+        out.append(f"| {name} | {f[dev].mean():.3f} | {f[~dev].mean():.3f} | " + ", ".join(f"{v} {f[var == v].mean():.2f}" for v in qc.DUP_VARIANTS)
+                   + f" | {int((l & same).sum())} of {album_pairs} | {int(l.sum())} of {pairs} ({l.sum() / pairs:.2e}) "
+                   f"| {int(d.sum())} of {others} ({d.sum() / others:.2e}) |")  # fmt: skip
+    missed = [f"{lib.ids[o]}~{v}" for o, v in zip(o_idx[~found], var[~found])]
+    merged = [(lib.ids[i], lib.ids[j]) for i, j in zip(*np.nonzero(ll))]
+    out.append(f"\nMissed copies: {missed or 'none'}. Merged distinct tracks: {merged or 'none'}. Stage 1 alone merged: "
+               f"{[(lib.ids[i], lib.ids[j]) for i, j in zip(*np.nonzero(ll1))] or 'none'}.")  # fmt: skip
+
+
+def _loudness_contours(paths: dict[str, Path]) -> dict[str, str]:
+    """The DSP analysis's loudness contour of each file (plugins/embedders/dsp.py), decoded as the product does;
+    cached under .cache/quality/contours/ (the feature cache predates the contour)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = qc.CACHE / "contours"
+    root.mkdir(parents=True, exist_ok=True)
+    where = {k: root / (k.replace("/", "__") + ".txt") for k in paths}
+    todo = [(paths[k], where[k]) for k in paths if not where[k].exists()]
+    if todo:
+        print(f"loudness contours of {len(todo)} files...", file=sys.stderr)
+        with ProcessPoolExecutor(2) as pool:
+            list(pool.map(_contour_job, todo, chunksize=4))
+    return {k: where[k].read_text() for k in paths}
+
+
+def _contour_job(item: tuple[Path, Path]) -> None:
+    import os
+
+    from plugins.embedders.dsp import SR, loudness_contour
+    from sidecar.pipeline.audio import decode
+
+    os.nice(10)
+    src, dest = item
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(loudness_contour(decode(src).at(SR)))
+    tmp.replace(dest)
 
 
 # ----------------------------------------------------------------------------------------------- cost
@@ -643,8 +768,7 @@ def run_cost(lib: Library, out: list[str]) -> None:
     model time per patch on one ONNX Runtime thread (best of 5, batch 16)."""
     import time
 
-    from plugins.embedders.musicnn.onnx_backend import INPUT, make_session
-    from plugins.embedders.musicnn.networks import output_names
+    from plugins.embedders.musicnn.onnx_backend import INPUT, make_session, output_names
 
     names = [str(n) for n in lib.feats[0]["cpu_names"]]
     cpu = np.stack([f["cpu_s"] for f in lib.feats])

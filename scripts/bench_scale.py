@@ -151,10 +151,15 @@ def queries(mirror: bool, n: int, requests: int, work: Path, catalog_url: str, m
 
 
 def recall(answers: dict[str, list[str]], milvus_uri: str) -> float:
-    """Mean overlap of the served top 25 with the exact top 25 (float64 brute force over every stored vector)."""
+    """Mean overlap of the served top 25 with the exact top 25 (float64 brute force over every stored vector, in
+    the full similarity space: what the mirror loses by holding it projected counts against it)."""
     from sidecar.data.store import VectorStore
 
+    from plugins.embedders.musicnn.recipe import space
+
     store = VectorStore(milvus_uri, mirror=False)
+    blocks = space(vgg=True)
+    store.ensure_collection("musicnn", sum(b.size for b in blocks), space=blocks)  # exact: in the full space
     ids, mat = store.snapshot("musicnn")
     store.close()
     unit = mat.astype(np.float64) / np.linalg.norm(mat, axis=1, keepdims=True)

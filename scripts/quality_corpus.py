@@ -275,14 +275,14 @@ class Analyser:
 
     def __init__(self) -> None:
         from plugins.embedders.dsp import DspEmbedder
-        from plugins.embedders.musicnn.networks import NETWORKS, export_network_onnx, load_network, output_names
-        from plugins.embedders.musicnn.onnx_backend import make_session
+        from plugins.embedders.musicnn.networks import NETWORKS, load_network
+        from plugins.embedders.musicnn.onnx_backend import export_model, make_session, output_names
 
         self.sessions = {}
         for net in NETWORKS:
             path = ONNX_DIR / f"{net}.onnx"
             if not path.exists():
-                export_network_onnx(load_network(wheel_path(), net), net, path)
+                export_model(load_network(wheel_path(), net), net, path)
             self.sessions[net] = (make_session(path, threads=1), output_names(net))
         self.dsp = DspEmbedder()
 

@@ -76,7 +76,7 @@ class Sidecar:
         # on two busy cores took four times as long (16 ms against 3.8 ms at 100k tracks; docs/PERFORMANCE.md)
         threadpool_limits(1, user_api="blas")
         try:
-            self.catalog = await asyncio.to_thread(Catalog, s.catalog_target)
+            self.catalog = await asyncio.to_thread(Catalog, s.catalog_target, allow_duplicate_recordings=s.allow_duplicate_recordings)
         except (DatabaseError, RuntimeError) as e:  # unreachable, or a schema newer than this sidecar
             raise SidecarError(str(e)) from None
         self.embedders = await asyncio.to_thread(load_embedders, s.embedders, s.models_dir, s.plugins)
@@ -90,7 +90,7 @@ class Sidecar:
             mirror = s.vector_mirror and self.role != "worker"  # a worker only writes: no copy to keep
             self.store = await asyncio.to_thread(VectorStore, s.milvus_target, s.milvus_token, mirror=mirror)
             for name, emb in self.embedders.ready.items():
-                await asyncio.to_thread(self.store.ensure_collection, name, emb.dim, segments=emb.store_segments)
+                await asyncio.to_thread(self.store.ensure_collection, name, emb.dim, segments=emb.store_segments, space=emb.space)
         except Exception as e:
             raise SidecarError(str(e)) from None
         if self.role == "worker":

@@ -230,14 +230,13 @@ def test_alchemy_draws_kept_and_filtered_tracks(page, server):
     pick(page, "#al-add", "Battle Mus", "Battle Music")
     pick(page, "#al-sub", "City Fa", "The City Falls")
     assert page.locator("#al-add-chips .chip").inner_text().startswith("Battle Music")
-    page.fill("#al-radius", "0.2")
-    page.dispatch_event("#al-radius", "input")
+    assert page.inner_text("#al-radius-v") == "auto"  # each subtracted track's nearest tenth of the library
     page.fill("#al-n", "10")
     page.click("#al-go")
     page.wait_for_selector("#al-out table.tracks")
     expected = api_post(server, "/api/alchemy", {
         "add": [track_id(server, "Battle Music")], "subtract": [track_id(server, "The City Falls")], "n": 10,
-        "subtract_radius": 0.2, "temperature": 0,
+        "temperature": 0,
     })
     assert titles(page, "#al-out > .table-wrap") == [t["title"] for t in expected["results"]] and expected["filtered_out"]
     assert f"{len(expected['filtered_out'])} filtered out" in page.inner_text("#al-out details summary")

@@ -61,7 +61,7 @@ def decode(path) -> np.ndarray:
 
 
 def test_class_attributes(dsp):
-    assert dsp.name == "dsp" and dsp.version == "1" and dsp.sample_rate == SR
+    assert dsp.name == "dsp" and dsp.version == "2" and dsp.sample_rate == SR
     assert isinstance(dsp.dim, int) and dsp.dim > 20
 
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.explore import AlchemyResponse, FindPathResponse, FingerprintResponse, MapResponse, SimilarArtist
+from sidecar.data.store import collection_name
 from sidecar.http.app import make_app
 from tests.mirror_store import MirrorStore
 
@@ -154,9 +155,10 @@ async def test_alchemy_adds_orchestral_subtracts_electronic(open_sidecar, analys
     v = view(sc, analysed_library)
     add = [t for t in v.orch if t != v.central["orchestral"]][:3]
     sub = v.central["electronic"]
-    radius = 0.2
+    # the radius that holds the electronic track's 4 nearest neighbours, which must be filtered
+    radius = sorted(1 - float(v.unit[t] @ v.unit[sub]) for t in v.ids if t != sub and t not in add)[3] + 1e-6
     near_sub = {t for t in v.ids if t != sub and t not in add and 1 - float(v.unit[t] @ v.unit[sub]) <= radius}
-    assert len(near_sub) >= 3  # the electronic track has close neighbours, which must be filtered
+    assert len(near_sub) == 4
     async with client(sc) as c:
         r = await c.post("/api/alchemy", json={"add": add, "subtract": [sub], "n": 20, "temperature": 0, "subtract_radius": radius})
         body = await r.json()
@@ -177,6 +179,14 @@ async def test_alchemy_adds_orchestral_subtracts_electronic(open_sidecar, analys
         assert set(filtered) == near_sub
         assert all(f["nearest_subtract"] == sub and f["subtract_distance"] <= radius for f in filtered.values())
         assert not {x["item_id"] for x in body["results"]} & near_sub
+        # by default the subtracted track takes its nearest tenth of the library with it (a radius of its own)
+        auto = await (await c.post("/api/alchemy", json={"add": add, "subtract": [sub], "n": 45, "temperature": 0})).json()
+        to_sub = {t: float(v.unit[t] @ v.unit[sub]) for t in v.ids}
+        cut = float(np.quantile(list(to_sub.values()), 0.9))
+        got = {f["item_id"] for f in auto["filtered_out"]}
+        assert auto["subtract_radius"] == pytest.approx(1 - cut, abs=1e-4) and got
+        assert all(to_sub[t] >= cut - 1e-4 for t in got)
+        assert not [t for t, s in to_sub.items() if s > cut + 1e-4 and t not in got and t != sub and t not in add]
         # on the 2-D plot the filtered tracks lie by the subtracted one, away from the target
         add_xy, sub_xy = np.array(body["centroid_2d"]), np.array(body["subtract_centroid_2d"])
         fxy = np.array([[f["x"], f["y"]] for f in filtered.values()])
@@ -365,10 +375,12 @@ async def test_music_map_follows_library_changes(open_sidecar, analysed_library,
 
         base, _ = await points("tsne")
         base_pca, _ = await points("pca")
-        # a new track (a close copy of one) is placed by its neighbours, without refitting
+        # a new track (a copy of one, its raw vector as Milvus keeps it) is placed by its neighbours, without refitting
         src = v.central["electronic"]
         new, _ = sc.catalog.resolve_track("/elsewhere/new.ogg", "new-hash", 1, 1, {"title": "new"})
-        sc.store.upsert("musicnn", [(new, v.unit[src] * 1.5, "new-hash")])
+        sc.store.client.load_collection(collection_name("musicnn"))
+        raw = sc.store.client.get(collection_name("musicnn"), ids=[src], output_fields=["vector"])[0]["vector"]
+        sc.store.upsert("musicnn", [(new, np.array(raw, np.float32), "new-hash")])
         after, _ = await points("tsne")
         assert len(after) == 52 and all(np.allclose(after[t], base[t]) for t in base)
         assert np.linalg.norm(after[new] - after[src]) < 0.3

@@ -10,16 +10,18 @@ import pytest
 
 from schemas.explore import AlchemyRequest, SearchTracksQuery
 from sidecar.data.catalog import Catalog
+from sidecar.data.recordings import Recordings
 from sidecar.errors import NotFound
 from sidecar.explore.alchemy import alchemy
 from sidecar.explore.common import resolve, unit
 from sidecar.explore.fingerprint import fingerprint_seeds
 from sidecar.explore.maps import Projection, refresh_projection
-from sidecar.explore.path import DUPLICATE_COSINE, song_path
-from sidecar.explore.plane import top2_eigenvectors
+from sidecar.explore.path import song_path
+from sidecar.explore.plane import pca_2d, top2_eigenvectors
 from sidecar.explore.search import search_tracks
 from sidecar.explore.state import ParsedTags, dominant_tag
 from tests.mirror_store import MirrorStore
+from tests.test_catalog import dsp_features
 
 DIM, PER_KIND = 16, 30
 DAY = 86400.0
@@ -80,16 +82,17 @@ def test_a_song_path_walks_from_one_kind_to_the_other_without_repeats(lib):
     assert len(every) == len(set(every)) == 2 * PER_KIND
 
 
-def test_a_song_path_holds_one_of_near_duplicates_and_of_the_same_song(lib):
+def test_a_song_path_holds_one_file_of_a_recording_and_one_of_the_same_song(lib):
     start, end = lib.central["A"], lib.central["B"]
     before = [t for t, _ in song_path(lib.store, lib.catalog, "m", start, end, 10)[0]]
     x = before[3]
-    # another file of x: its vector changed by a hair
+    # another file of x: its vector changed by a hair, and the same DSP descriptors (the catalog groups the two)
     twin = lib.add("twin", title="twin of x")
     noise = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
-    twin_vec = lib.unit(x) + 0.01 * noise / np.linalg.norm(noise)
-    assert float(unit(twin_vec) @ lib.unit(x)) > DUPLICATE_COSINE
-    lib.store.put("m", [twin], twin_vec[None])
+    lib.store.put("m", [twin], (lib.unit(x) + 0.01 * noise / np.linalg.norm(noise))[None])
+    for tid in (x, twin):
+        lib.catalog.record_embedding(tid, "dsp", "1", lib.catalog.track(tid)["content_hash"], features=dsp_features(recording=7))
+    assert lib.catalog.track(twin)["duplicate_of"] == x
     got = [t for t, _ in song_path(lib.store, lib.catalog, "m", start, end, 10)[0]]
     assert len(got) == len(set(got)) == 10 and (x in got) != (twin in got), got
     # the same title and artist, normalised (case, punctuation, spacing), is the same song: a file retagged
@@ -110,7 +113,7 @@ def test_alchemy_keeps_away_from_every_subtracted_track(lib):
     near_sub = {t for t in lib.ids if t != sub and 1 - float(lib.unit(t) @ subs[sub]) <= radius}
     assert near_sub and all(lib.kind[t] == "B" for t in near_sub)
     req = AlchemyRequest(add=list(adds), subtract=[sub], n=55, temperature=0, subtract_radius=radius)  # room for every candidate
-    out = alchemy(lib.store, "m", adds, subs, set(adds) | {sub}, req, None)
+    out = alchemy(lib.store, "m", adds, subs, set(adds) | {sub}, req, None, Recordings.of(lib.catalog))
     chosen = [t for t, _ in out["chosen"]]
     assert len(chosen) == 2 * PER_KIND - 4 - len(near_sub) and not set(chosen) & (set(adds) | {sub} | near_sub)
     assert [lib.kind[t] for t in chosen[: PER_KIND - 3]] == ["A"] * (PER_KIND - 3)  # the added kind first
@@ -121,7 +124,7 @@ def test_alchemy_keeps_away_from_every_subtracted_track(lib):
     assert max(abs(float(c)) for xy in out["coords"].values() for c in xy) <= 1.0001
     # sampling: the seed decides, and a different seed draws differently
     warm = AlchemyRequest(add=list(adds), n=5, temperature=0.5)
-    draw = lambda seed: [t for t, _ in alchemy(lib.store, "m", adds, {}, set(adds), warm, seed)["chosen"]]  # noqa: E731
+    draw = lambda seed: [t for t, _ in alchemy(lib.store, "m", adds, {}, set(adds), warm, seed, Recordings())["chosen"]]  # noqa: E731
     assert draw(1) == draw(1) and any(draw(s) != draw(1) for s in range(2, 6))
 
 
@@ -159,8 +162,8 @@ def test_parsed_tags_parse_again_only_what_was_rewritten(lib):
     assert cache.current(lib.catalog) == {t: "rock" for t in lib.ids[:3]}
     assert cache.current(lib.catalog) == {t: "rock" for t in lib.ids[:3]} and len(asked) == 1
     time.sleep(0.01)
-    lib.catalog.record_embedding(lib.ids[1], "musicnn", "1", "hash-1", tags={"rock": 0.2, "jazz": 0.7})
-    assert cache.current(lib.catalog)[lib.ids[1]] == "jazz" and asked[-1] == [lib.ids[1]]
+    lib.catalog.record_embedding(lib.ids[1], "musicnn", "1", "hash-1", tags={"rock": 0.2, "jazz": 0.7, "mtt:rock": 0.9})
+    assert cache.current(lib.catalog)[lib.ids[1]] == "jazz" and asked[-1] == [lib.ids[1]]  # an MSD tag, the legend's
     assert cache.current(lib.catalog, [lib.ids[0], lib.ids[5]]) == {lib.ids[0]: "rock"}  # an untagged track has none
 
 
@@ -197,6 +200,16 @@ def test_the_pca_eigenvectors_are_the_leading_ones():
     got = top2_eigenvectors(cov)
     want = np.linalg.eigh(cov)[1][:, ::-1][:, :2]
     assert np.allclose(np.abs(got.T @ want), np.eye(2), atol=1e-6)
+
+
+def test_a_pca_of_fewer_rows_than_dimensions_projects_as_the_full_one():
+    """Alchemy fits its plot on a few dozen 1,012-d vectors: through their Gram matrix, the same plane."""
+    rng = np.random.default_rng(8)
+    few = (rng.normal(size=(40, 300)) * np.linspace(3, 0.1, 300)).astype(np.float32)
+    centred = (few - few.mean(axis=0)).astype(np.float64)
+    want = np.linalg.eigh(centred.T @ centred)[1][:, ::-1][:, :2]
+    plane = centred @ want  # each axis up to its sign
+    assert np.allclose(np.abs(pca_2d(few)(few)), np.abs(plane), atol=1e-4 * np.abs(plane).max())
 
 
 # -------------------------------------------------------------------------------------- ids and search

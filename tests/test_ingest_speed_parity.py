@@ -1,4 +1,4 @@
-"""The ingest speed-ups keep the numbers: the patch budget stays within the cosine bound of the whole-track
+"""The ingest speed-ups keep the numbers: the patch budgets stay within the cosine bounds of the whole-track
 analysis, its patches are the whole analysis's (to float16 rounding), the fast front end equals the literal graph order,
 and the faster stereo mix leaves the decoded samples (and so the content hash) as they were.
 
@@ -11,13 +11,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from plugins.embedders.musicnn import PATCHES, MusicnnEmbedder, weights_path
+from plugins.embedders.musicnn import PATCHES, VGG_PATCHES, MusicnnEmbedder, weights_path
 from plugins.embedders.musicnn.model import MusicnnMSD, load_state
 from plugins.embedders.musicnn.preprocess import PATCH_FRAMES, audio_to_patches, spread
+from plugins.embedders.musicnn.recipe import VGG, track_vector
 from sidecar.pipeline.audio import decode
 from sidecar.plugins import EmbedderUnavailable
 
-COSINE_BOUND = 0.99  # issue 8: the track vector within cosine 0.99 of full-track float32 analysis
+COSINE_BOUND = 0.99  # issue 8: the MSD patch mean within cosine 0.99 of full-track float32 analysis
+#: issue 13's vector in the store's space (z-scored over a library, blocks weighted) against the whole-track
+#: analysis: its patch spreads (std) come from 24 and 12 patches, noisier than a mean, so the bound is lower
+#: (measured 0.966-0.971 on these three tracks; 0.91-0.97 on longer ones, see docs/PERFORMANCE.md)
+SPACE_BOUND = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,20 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+@pytest.fixture(scope="module")
+def library_space(musicnn, genre_excerpts):
+    """The store's space for the plugin's vectors, with the statistics of a library of 32 real 30-s excerpts
+    (16 orchestral, 16 electronic; 10 patches each, so whole-track analyses whatever the budgets)."""
+    from sidecar.data.space import Space
+
+    raw = np.stack([musicnn.embed(decode(p).at(16000)).vector for kind in ("orchestral", "electronic") for p in genre_excerpts[kind][:16]])
+    return Space.of(musicnn.space, musicnn.dim).fitted(raw, len(raw))
+
+
 def test_defaults_are_the_measured_ones(musicnn):
-    assert (musicnn.options.backend, musicnn.options.threads, musicnn.options.patches) == ("onnx", 1, PATCHES) and 0 < PATCHES <= 32
+    o = musicnn.options
+    assert (o.backend, o.threads, o.patches, o.vgg_patches) == ("onnx", 1, PATCHES, VGG_PATCHES) and 0 < PATCHES <= 32
+    assert VGG_PATCHES == PATCHES // 2  # every other patch: what the quality benchmark measured
 
 
 def test_spread_picks_the_middle_of_equal_spans():
@@ -69,27 +86,40 @@ def test_budgeted_patches_are_the_whole_analysis_patches(long_tracks):
         np.testing.assert_array_equal(audio_to_patches(y, len(whole) + 5), whole)  # no budget: the same code path
 
 
-def test_budgeted_vector_is_within_the_cosine_bound_of_the_whole_track(musicnn, long_tracks):
+def test_budgeted_vector_is_within_the_cosine_bounds_of_the_whole_track(musicnn, long_tracks, library_space):
+    def in_space(a: np.ndarray, b: np.ndarray) -> float:
+        x = library_space.transform(np.stack([a, b]))
+        return cosine(x[0], x[1])
+
     for y in long_tracks:
-        whole = musicnn.infer(audio_to_patches(y))  # every patch, float32
+        patches = audio_to_patches(y)  # every patch, float32, through both networks
+        msd, vgg = musicnn.infer(patches), musicnn.infer(patches, VGG)
+        whole = track_vector(msd, vgg)
         res = musicnn.embed(y)
-        assert res.segments.shape[0] == PATCHES < len(whole["dense_preact"])
-        assert cosine(res.vector, whole["dense_preact"].mean(axis=0)) >= COSINE_BOUND
+        assert len(patches) > PATCHES
+        assert cosine(res.vector[:200], msd["dense_preact"].mean(axis=0)) >= COSINE_BOUND
+        assert in_space(res.vector, whole) >= SPACE_BOUND
         tags = np.array(list(res.tags.values()))
-        assert np.abs(tags - whole["taggram"].mean(axis=0)).max() < 0.05
-    # and a budget of one patch is not (the bound is not met trivially)
+        assert np.abs(tags[:50] - msd["taggram"].mean(axis=0)).max() < 0.05
+        assert np.abs(tags[50:] - vgg["taggram"].mean(axis=0)).max() < 0.1  # MTT_vgg: half as many patches
+    # and a budget of one patch is not within either bound (they are not met trivially)
     y = long_tracks[-1]
     one = MusicnnEmbedder()
     one.configure({"patches": "1"})
-    one._session = musicnn._session
-    assert cosine(one.embed(y).vector, musicnn.infer(audio_to_patches(y))["dense_preact"].mean(axis=0)) < COSINE_BOUND
+    one._sessions = musicnn._sessions
+    patches = audio_to_patches(y)
+    msd = musicnn.infer(patches)
+    whole, v = track_vector(msd, musicnn.infer(patches, VGG)), one.embed(y).vector
+    assert cosine(v[:200], msd["dense_preact"].mean(axis=0)) < COSINE_BOUND and in_space(v, whole) < SPACE_BOUND
 
 
 def test_budget_zero_analyses_every_patch(musicnn, long_tracks):
     e = MusicnnEmbedder()
-    e.configure({"patches": "0"})
-    e._session = musicnn._session
-    assert e.embed(long_tracks[0]).segments.shape[0] == len(audio_to_patches(long_tracks[0]))
+    e.configure({"patches": "0", "vgg_patches": "1000"})
+    e._sessions = musicnn._sessions
+    y = long_tracks[0]
+    patches = audio_to_patches(y)
+    np.testing.assert_allclose(e.embed(y).vector, track_vector(musicnn.infer(patches), musicnn.infer(patches, VGG)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("value", ["-1", "many", "1.5", "100001"])

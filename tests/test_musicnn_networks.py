@@ -113,14 +113,14 @@ def test_unknown_network_and_missing_tensors(wheel):
         vgg_tf_to_torch({"1CNN/kernel": np.zeros((3, 3, 1, 128), np.float32)})
 
 
-def test_onnx_export_matches(models, tmp_path):
+@pytest.mark.parametrize("network", ["MTT_musicnn", "MSD_vgg"])  # MTT_vgg: the plugin's own file, test_musicnn_onnx.py
+def test_onnx_export_matches(models, tmp_path, network):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from plugins.embedders.musicnn.networks import export_network_onnx, output_names
-    from plugins.embedders.musicnn.onnx_backend import INPUT, make_session
+    from plugins.embedders.musicnn.onnx_backend import INPUT, export_model, make_session, output_names
 
-    path = export_network_onnx(models["MTT_vgg"], "MTT_vgg", tmp_path / "mtt_vgg.onnx")
-    names = output_names("MTT_vgg")
+    path = export_model(models[network], network, tmp_path / f"{network.lower()}.onnx")
+    names = output_names(network)
     got = dict(zip(names, make_session(path).run(list(names), {INPUT: patches("heavy")})))
     for k in names:
-        assert float(np.abs(got[k] - np.load(FIXTURES / f"MTT_vgg_heavy_{k}.npy")).max()) < TOL, k
+        assert float(np.abs(got[k] - np.load(FIXTURES / f"{network}_heavy_{k}.npy")).max()) < TOL, k

@@ -214,3 +214,18 @@ async def test_http_recommendations_scrobble_and_bad_input(open_sidecar, analyse
             assert r.status == 400 and got["field"] == field and got["error"], (body, got)
         r = await client.post("/api/recommendations", data=b"[]", headers={"Content-Type": "application/json"})
         assert r.status == 400
+
+
+async def test_a_union_of_two_models_is_never_less_precise_than_the_better_one(open_sidecar, analysed_library):
+    """union scores each candidate like one vector fusing the models (their z-scores, weighted by fusion_weight):
+    adding the weaker DSP model to MusiCNN does not dilute it, as scoring by each track's best model did
+    (issue 13). Kind precision of the playlist over seeds from the most to the least typical of each kind: the
+    union's mean is at least the better model's (a fused ranking lies between the two models' for one seed)."""
+    sc = await open_sidecar(allow_duplicate_recordings=True)  # every excerpt counts (they are all 30 s long)
+    by = ids_by_kind(sc, analysed_library)
+    for kind, limit in (("orchestral", 30), ("electronic", 16)):
+        precision = {}
+        for models in (("musicnn",), ("dsp",), ("musicnn", "dsp")):
+            runs = [rec(sc, seeds=[{"track_id": seed}], models=list(models), limit=limit) for seed in by[kind][::3]]
+            precision[models] = np.mean([kinds(analysed_library, r).count(kind) / len(r.tracks) for r in runs])
+        assert precision[("musicnn", "dsp")] >= max(precision[("musicnn",)], precision[("dsp",)]), (kind, precision)

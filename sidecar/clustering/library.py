@@ -3,11 +3,12 @@ feature matrix the search clusters."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sidecar.data import Catalog, VectorStore
+from sidecar.data.recordings import Recordings
 from sidecar.text.vocabulary import MSD_TAGS
 
 
@@ -19,6 +20,7 @@ class Library:
     vectors: np.ndarray  # (n, d) the model's raw vectors
     tags: np.ndarray  # (n, 50) MusiCNN tag probabilities, MSD_TAGS order
     tempo: np.ndarray  # (n,) DSP tempo in BPM, NaN where unknown
+    recordings: Recordings = field(default_factory=Recordings)  # a playlist holds one file of each
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,7 +46,7 @@ def load_library(catalog: Catalog, store: VectorStore, model: str) -> Library:
         ids=[ids[i] for i in keep], titles=[s[0] for s in sel], artists=[s[1] for s in sel],
         vectors=matrix[keep].astype(np.float64),
         tags=np.array([s[2] for s in sel], np.float64).reshape(len(sel), len(MSD_TAGS)),
-        tempo=np.array([s[3] for s in sel], np.float64),
+        tempo=np.array([s[3] for s in sel], np.float64), recordings=Recordings.of(catalog),
     )
 
 

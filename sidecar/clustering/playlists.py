@@ -52,7 +52,8 @@ def build_playlists(
     for pos, j in enumerate(order):
         members = np.flatnonzero(scores.labels == j)
         d = np.linalg.norm(space[members] - space[members].mean(axis=0), axis=1)
-        members = members[np.argsort(d, kind="stable")]  # the most typical first
+        members = members[np.argsort(d, kind="stable")]  # the most typical first, one file of each recording
+        members = np.array(lib.recordings.distinct(members, key=lambda i: lib.ids[i]), int)
         excess = scores.profiles[j] - stats.mean
         top = [int(i) for i in np.argsort(-excess, kind="stable")[:PURITY_TOP_TAGS] if excess[i] > 0]
         tempos = lib.tempo[members]

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sidecar.text.zero_shot import percentiles
+from sidecar.text.calibration import percentiles
 
 PURITY_TOP_TAGS = 3  # K: a playlist's defining tags
 

@@ -1,35 +1,56 @@
-"""Vectors in Milvus: one collection per embedder, primary key = track id, cosine metric.
+"""Vectors in Milvus: one collection per embedder and dimension, primary key = track id, cosine metric.
 
 Writes are upserts keyed by track id, so replaying an event leaves one row per (track, model). A Milvus Lite
 file is the embedded default; a server URI is used as it is. All calls are blocking: callers run them in a
 worker thread (asyncio.to_thread), never on the event loop.
 
-Milvus is the store of record. Reads of track vectors (search, get) are served from an exact in-memory
-mirror of each collection, loaded at start and kept in step by every write: an exact search over 100k
-200-d vectors is a few milliseconds of numpy, where Milvus Lite takes 50-100 ms (see FACTS.md).
+Milvus is the store of record and keeps the raw vectors. Reads of track vectors (search, get) are served from
+an exact in-memory mirror of each collection, loaded at start and kept in step by every write: an exact search
+over 100k 200-d vectors is a few milliseconds of numpy, where Milvus Lite takes 50-100 ms (see FACTS.md).
+
+Where the embedder declares a similarity space (Embedder.space; sidecar/data/space.py), every read returns
+and compares vectors in that space, and every query vector is taken to be in it. The mirror holds them
+transformed, with statistics fitted over the whole library (again as it doubles or halves). Without the
+mirror the statistics come from a random sample of the stored vectors (SAMPLE tracks, checked against the
+library's size every REFIT_CHECK_S), fetched vectors are transformed exactly, and a search is approximate in
+one more way than Milvus's HNSW: Milvus ranks the raw vectors by cosine to a raw direction standing for the
+query (Space.raw_query), and its first POOL are ranked exactly in the space. That order holds the space's
+nearest tracks only roughly (on the labelled corpus, 98% of each track's 10 nearest within its first 10%):
+with a space, keep the mirror unless the vectors cannot fit in memory.
+
+A new dimension (a new version of an embedder) gets a collection of its own, `emb_<model>_D<dim>`, while the
+previous one keeps answering every read until each track it holds has a vector in the new one (or is deleted):
+then reads move over and the previous collection is dropped (logged). During that time new tracks are written
+but not yet searched, and the previous collection is compared by plain cosine. A track the new version fails
+on keeps the previous collection in service: retry it (`sidecar replay`) or remove the file.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
+import re
 import threading
-from pathlib import Path
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sidecar.data.lite import LiteServer
+from sidecar.data.milvus import HASH_FIELD, ID_FIELD, VECTOR_FIELD, Milvus, StoreError, quoted
 from sidecar.data.mirror import Mirror, Rows
+from sidecar.data.space import FREEZE, Space
+from sidecar.errors import Conflict
+
+if TYPE_CHECKING:
+    from sidecar.plugins.api import Block
 
 log = logging.getLogger(__name__)
 
-ID_FIELD, VECTOR_FIELD, HASH_FIELD = "track_id", "vector", "content_hash"
-
-
-class StoreError(RuntimeError):
-    pass
+__all__ = ["StoreError", "VectorStore", "collection_name", "segments_name"]
 
 
 def collection_name(model: str) -> str:
+    """The model's first collection; a later dimension's is this + "_D<dim>" (model names are lowercase)."""
     return f"emb_{model}"
 
 
@@ -37,12 +58,27 @@ def segments_name(model: str) -> str:
     return f"seg_{model}"
 
 
-def _quoted(ids) -> str:
-    return ", ".join('"' + str(i).replace('"', "") + '"' for i in ids)
-
-
 POOL = 2000  # without a mirror, whole-library similarities are taken over each query's nearest POOL tracks
-HNSW = {"M": 16, "efConstruction": 200}  # a Milvus server's index (Lite keeps FLAT: see FACTS.md)
+SAMPLE = 4096  # without a mirror: about this many random tracks give a space's statistics
+REFIT_CHECK_S = 300.0  # without a mirror: how often the library's size is compared with the statistics' (Space.due)
+
+
+@dataclass
+class _Collections:
+    """Where one model's vectors are. Written to `write`; read from `read`, which is the previous dimension's
+    collection while an upgrade fills `write` (`pending`: its tracks with no vector in `write` yet)."""
+
+    write: str
+    read: str
+    space: Space | None = None  # the model's space, as declared (statistics unfitted)
+    pending: set[str] = field(default_factory=set)
+    filling: Mirror | None = None  # the mirror of `write` while `read` answers
+    sampled: Space | None = None  # without a mirror: the space with statistics of a sample of the stored vectors
+    checked: float = 0.0  # when `sampled` was last checked against the library's size
+
+    @property
+    def upgrading(self) -> bool:
+        return self.read != self.write
 
 
 class VectorStore:
@@ -51,148 +87,141 @@ class VectorStore:
     vectors do not fit in memory, and for ingest workers, which only write."""
 
     def __init__(self, uri: str, token: str = "", *, mirror: bool = True):
-        self.uri = uri
-        self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        self.mirror = mirror
-        # Milvus Lite gains nothing from concurrent calls; a server does, and its client is thread-safe
-        self._milvus_lock = threading.Lock() if self.is_lite else contextlib.nullcontext()
+        self.uri, self.mirror = uri, mirror
+        self.milvus = Milvus(uri, token)
+        self.client, self.is_lite = self.milvus.client, self.milvus.is_lite
         # The mirrors' lock, held only for numpy work, never across a Milvus call, so that searches do not wait
-        # for a write to Milvus (a re-embed writes all the time). Writers take it inside _milvus_lock.
+        # for a write to Milvus (a re-embed writes all the time). Writers take it inside the Milvus lock.
         self._lock = threading.Lock()
-        self._dims: dict[str, int] = {}
-        self.mirrors: dict[str, Mirror] = {}  # model -> exact copy of its track vectors
-        self.lite: LiteServer | None = None
-        from pymilvus import MilvusClient  # slow import: keep it off module import
-
-        try:
-            if self.is_lite:
-                self.lite = LiteServer(Path(uri))
-            self.client = MilvusClient(uri=self.lite.uri if self.lite else uri, token=token)
-        except Exception as e:
-            if self.lite is not None:
-                self.lite.close()
-            if "DataDirLocked" in type(e).__name__ or "lock" in str(e).lower():
-                raise StoreError(
-                    f"the vector store {uri} is open in another process (a running `sidecar serve`?). "
-                    "Stop it first, or ask the running sidecar over HTTP."
-                ) from None
-            raise StoreError(f"cannot open the vector store at {uri}: {e}") from None
+        self._dims: dict[str, int] = {}  # collection -> dimension
+        self._models: dict[str, _Collections] = {}
+        self.mirrors: dict[str, Mirror] = {}  # model -> exact copy of the track vectors it reads
 
     def close(self) -> None:
-        with self._milvus_lock:
-            self.client.close()
-            if self.lite is not None:
-                self.lite.close()
+        self.milvus.close()
 
-    def ensure_collection(self, model: str, dim: int, *, segments: bool = False) -> None:
-        """Create the model's collection if missing, load it, and check its dimension. With `segments`, also
-        the collection of its per-segment vectors (primary key "<track id>:<n>")."""
-        self._ensure(collection_name(model), model, dim, pk_length=64)
-        if self.mirror and model not in self.mirrors:
-            self.mirrors[model] = self._load_mirror(model, dim)
-            if self.is_lite:
+    # ---- collections
+    def ensure_collection(self, model: str, dim: int, *, segments: bool = False, space: Sequence[Block] | None = None) -> None:
+        """Create the model's collection for `dim`-d vectors if missing, load it, and its mirror (in `space`).
+        An earlier dimension's collection keeps answering until the new one has all its tracks (see the module
+        doc). With `segments`, also the collection of its per-segment vectors (primary key "<track id>:<n>")."""
+        if model not in self._models:
+            template = Space.of(space, dim) if space else None
+            write, read = self._collections_of(model, dim)
+            c = self._models[model] = _Collections(write, read, template)
+            if self.mirror:
+                self.mirrors[model] = self._load_mirror(read, None if c.upgrading else template)
+                if c.upgrading:
+                    c.filling = self._load_mirror(write, template)
+                    c.pending = set(self.mirrors[model].ids) - set(c.filling.pos)
+            elif c.upgrading:
+                c.pending = set(self.milvus.ids(read)) - set(self.milvus.ids(write))
+            if c.upgrading:
+                log.warning("%s: %d of the %d-d collection's tracks still need a %d-d vector; it answers searches until then",
+                            model, len(c.pending), self._dims[read], dim)
+                if not c.pending:
+                    self._switch(model, c)
+            if self.mirror and self.is_lite:
                 # Loaded, Lite keeps a second, normalised copy of every vector to search (80 MB at 100k x 200-d);
                 # the mirror answers every read, and writes work on a released collection.
-                with self._milvus_lock:
-                    self.client.release_collection(collection_name(model))
+                with self.milvus.lock:
+                    for name in {c.read, c.write}:
+                        self.client.release_collection(name)
         if segments:
-            self._ensure(segments_name(model), model, dim, pk_length=80, track_field=True)
+            self._dims[segments_name(model)] = self.milvus.ensure(segments_name(model), dim, pk_length=80, track_field=True)
         if self.is_lite:  # Lite reads its Parquet files through Arrow, whose pool keeps the freed pages (0.35 GB at 100k)
             import pyarrow
 
             pyarrow.default_memory_pool().release_unused()
 
-    def _ensure(self, name: str, model: str, dim: int, *, pk_length: int, track_field: bool = False) -> None:
-        from pymilvus import DataType
+    def _collections_of(self, model: str, dim: int) -> tuple[str, str]:
+        """(the collection `dim`-d vectors go to, the one reads come from): an earlier dimension's with the most
+        tracks while it has tracks; any other earlier one is dropped."""
+        base = collection_name(model)
+        with self.milvus.lock:
+            mine = [n for n in self.client.list_collections() if n == base or re.fullmatch(re.escape(base) + r"_D\d+", n)]
+        self._dims.update({n: self.milvus.ensure(n, None) for n in mine})
+        write = next((n for n in mine if self._dims[n] == dim), base if not mine else f"{base}_D{dim}")
+        self._dims[write] = self.milvus.ensure(write, dim)
+        counts = {n: self.milvus.count(n) for n in mine if n != write}
+        read = max(counts, key=counts.get) if counts and max(counts.values()) else write
+        for name in counts:
+            if name != read:
+                log.warning("%s: dropping the collection %s (%d-d vectors of an earlier version)", model, name, self._dims[name])
+                self.milvus.drop(name)
+        return write, read
 
-        with self._milvus_lock:
-            if not self.client.has_collection(name):
-                schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-                schema.add_field("id" if track_field else ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=pk_length)
-                if track_field:
-                    schema.add_field(ID_FIELD, DataType.VARCHAR, max_length=64)
-                schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-                schema.add_field(HASH_FIELD, DataType.VARCHAR, max_length=64)
-                index = self.client.prepare_index_params()
-                if self.is_lite:  # exact, and nothing to build in the background (see FACTS.md on Lite's HNSW files)
-                    index.add_index(field_name=VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
-                else:
-                    index.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE", params=HNSW)
-                self.client.create_collection(name, schema=schema, index_params=index)
-                if track_field:
-                    scalar = self.client.prepare_index_params()
-                    # Lite builds only INVERTED scalar indexes; a 2.3 server refuses it for strings and wants Trie
-                    scalar.add_index(field_name=ID_FIELD, index_type="INVERTED" if self.is_lite else "Trie")
-                    self.client.create_index(name, scalar)
-            else:
-                fields = self.client.describe_collection(name)["fields"]
-                have = next(int(f["params"]["dim"]) for f in fields if f["name"] == VECTOR_FIELD)
-                if have != dim:
-                    raise StoreError(
-                        f"collection {name} holds {have}-d vectors but the {model} embedder makes {dim}-d ones; "
-                        "re-embed into a new collection (sidecar replay) or drop the old one"
-                    )
-            self.client.load_collection(name)  # reopened collections are not loaded
-        self._dims[name] = dim
+    def _switch(self, model: str, c: _Collections) -> None:
+        """Every track of the previous collection has its new vector: read the new one, drop the previous."""
+        previous = c.read
+        with self._lock:
+            if c.filling is not None:
+                self.mirrors[model] = c.filling
+            c.read, c.filling, c.pending = c.write, None, set()
+        self.milvus.drop(previous)
+        log.warning("%s: every track has its %d-d vector; searches use them now, and %s is dropped",
+                    model, self._dims[c.write], previous)
 
-    def _load_mirror(self, model: str, dim: int) -> Mirror:
-        mirror = Mirror(dim)
-        for ids, vectors in self._all_vectors(model):
-            mirror.put(ids, vectors)
+    def _done(self, c: _Collections, track_ids) -> bool:
+        """These tracks need nothing more from the previous collection; True when that was the last of them.
+        The caller holds _lock."""
+        if not c.upgrading:
+            return False
+        c.pending.difference_update(track_ids)
+        return not c.pending
+
+    def _c(self, model: str) -> _Collections:
+        if model not in self._models:  # a store that only counts or lists (no ensure_collection)
+            return _Collections(collection_name(model), collection_name(model))
+        return self._models[model]
+
+    def _sample(self, name: str, n: int) -> np.ndarray:
+        """About SAMPLE random raw vectors of the collection (of n)."""
+        return np.concatenate([*self.milvus.sample(name, n, SAMPLE), np.zeros((0, self._dims[name]), np.float32)])
+
+    def _load_mirror(self, name: str, space: Space | None) -> Mirror:
+        dim, n = self._dims[name], self.milvus.count(name)
+        if space is not None and n >= FREEZE:  # statistics from a sample, frozen: the mirror keeps no raw copy
+            space = space.fitted(self._sample(name, n), n)
+        mirror = Mirror(dim, space, capacity=n)  # no copy growing
+        # pymilvus decodes a batch into Python floats (32 bytes each): about 2M of them at a time (65 MB)
+        for ids, vectors in self.milvus.batches(name, batch_size=min(8192, max(512, 2**21 // dim))):
+            mirror.put(ids, vectors, settle=False)
+        mirror.settle()  # the space's statistics over the whole library
         mirror.compact()
         return mirror
 
-    def _all_vectors(self, model: str, batch_size: int = 8192):
-        """Every stored (ids, vectors), a batch at a time, as written so far (strong consistency on a server)."""
-        with self._milvus_lock:
-            if not self.is_lite:
-                # pymilvus's iterator cannot ask a 2.3 server for strong consistency (it falls back to a client-side
-                # timestamp and may see nothing yet); a strong query first makes the server catch up with every write
-                self.client.query(collection_name(model), filter="", output_fields=["count(*)"], **self._strong)
-            it = self.client.query_iterator(
-                collection_name(model), batch_size=batch_size, filter="", output_fields=[ID_FIELD, VECTOR_FIELD]
-            )
-            while batch := it.next():
-                yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
-            it.close()
-
-    @property
-    def _strong(self) -> dict:
-        """Reads that must see every write so far: a server's collections default to bounded staleness."""
-        return {} if self.is_lite else {"consistency_level": "Strong"}
-
+    # ---- writes
     def follow(self, model: str, upserted: list[str], deleted: list[str]) -> None:
         """Bring the mirror up to date with writes another process made (from the catalog's vector log)."""
-        if model not in self.mirrors:
+        c = self._models.get(model)
+        if c is None or (model not in self.mirrors and not c.upgrading):
             return
-        fresh = self._fetch(model, upserted, strong=True) if upserted else {}
+        fresh = self.milvus.fetch(c.write, upserted, strong=True) if upserted and model in self.mirrors else {}
+        gone = [t for t in deleted if t not in fresh] + [t for t in upserted if t not in fresh]  # deleted since
         with self._lock:
-            mirror = self.mirrors[model]
-            if fresh:
-                mirror.put(list(fresh), np.stack(list(fresh.values())))
-            gone = [t for t in deleted if t not in fresh] + [t for t in upserted if t not in fresh]  # deleted since
-            mirror.remove(gone)
-
-    def _fetch(self, model: str, track_ids: list[str], *, strong: bool = False) -> dict[str, np.ndarray]:
-        """The tracks' vectors from Milvus itself. `strong` waits until every write so far is visible (tenths of a
-        second on a server); a query does not need it (a vector a few seconds new may be missed)."""
-        out: dict[str, np.ndarray] = {}
-        for i in range(0, len(track_ids), 1000):
-            with self._milvus_lock:
-                rows = self.client.get(
-                    collection_name(model), ids=list(track_ids[i : i + 1000]), output_fields=[ID_FIELD, VECTOR_FIELD],
-                    **(self._strong if strong else {}),
-                )
-            out.update({r[ID_FIELD]: np.asarray(r[VECTOR_FIELD], np.float32) for r in rows})
-        return out
+            if model in self.mirrors:
+                target = self.mirrors[model] if c.filling is None else c.filling  # (a Mirror is falsy when empty)
+                if fresh:
+                    target.put(list(fresh), np.stack(list(fresh.values())))
+                for m in dict.fromkeys((target, self.mirrors[model])):
+                    m.remove(gone)
+            done = self._done(c, list(fresh) + gone)
+        if done:
+            self._switch(model, c)
 
     def upsert(self, model: str, rows: list[tuple[str, np.ndarray, str]]) -> None:
+        c = self._c(model)
         data = [{ID_FIELD: tid, VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), HASH_FIELD: h} for tid, v, h in rows]
-        with self._milvus_lock:
-            self.client.upsert(collection_name(model), data)
-            if model in self.mirrors:
-                with self._lock:
-                    self.mirrors[model].put([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
+        with self.milvus.lock:
+            self.client.upsert(c.write, data)
+            with self._lock:
+                target = self.mirrors.get(model) if c.filling is None else c.filling
+                if target is not None:
+                    target.put([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
+                done = self._done(c, [r[0] for r in rows])
+            if done:
+                self._switch(model, c)
 
     def replace_segments(self, model: str, track_id: str, vectors: np.ndarray, content_hash: str) -> None:
         """The track's segment vectors, replacing any it had (a re-embed may make fewer segments)."""
@@ -201,31 +230,71 @@ class VectorStore:
             {"id": f"{track_id}:{i}", ID_FIELD: track_id, VECTOR_FIELD: np.asarray(v, np.float32).tolist(), HASH_FIELD: content_hash}
             for i, v in enumerate(vectors)
         ]
-        with self._milvus_lock:
-            self.client.delete(name, filter=f"{ID_FIELD} == {_quoted([track_id])} and id not in [{_quoted(d['id'] for d in data)}]")
+        with self.milvus.lock:
+            self.client.delete(name, filter=f"{ID_FIELD} == {quoted([track_id])} and id not in [{quoted(d['id'] for d in data)}]")
             if data:
                 self.client.upsert(name, data)
 
     def segment_ids(self, model: str, track_id: str) -> list[str]:
-        with self._milvus_lock:
-            rows = self.client.query(segments_name(model), filter=f"{ID_FIELD} == {_quoted([track_id])}", output_fields=["id"])
+        with self.milvus.lock:
+            rows = self.client.query(segments_name(model), filter=f"{ID_FIELD} == {quoted([track_id])}", output_fields=["id"])
         return sorted(r["id"] for r in rows)
 
     def delete(self, model: str, track_ids: list[str]) -> None:
-        """The tracks' vectors, and their segments where the model keeps them."""
-        if track_ids:
-            with self._milvus_lock:
-                self.client.delete(collection_name(model), ids=list(track_ids))
-                if model in self.mirrors:
-                    with self._lock:
-                        self.mirrors[model].remove(list(track_ids))
-                if segments_name(model) in self._dims:
-                    self.client.delete(segments_name(model), filter=f"{ID_FIELD} in [{_quoted(track_ids)}]")
+        """The tracks' vectors (in the previous collection too, during an upgrade), and their segments."""
+        if not track_ids:
+            return
+        c = self._c(model)
+        with self.milvus.lock:
+            for name in dict.fromkeys([c.write, c.read]):
+                self.client.delete(name, ids=list(track_ids))
+            with self._lock:
+                for m in (self.mirrors.get(model), c.filling):
+                    if m is not None:
+                        m.remove(list(track_ids))
+                done = self._done(c, track_ids)
+            if segments_name(model) in self._dims:
+                self.client.delete(segments_name(model), filter=f"{ID_FIELD} in [{quoted(track_ids)}]")
+            if done:
+                self._switch(model, c)
 
     # ---- reads: from the mirror where there is one, else from Milvus
+    def dim(self, model: str) -> int:
+        """The dimension of the vectors reads give (the previous one's during an upgrade)."""
+        return self._dims[self._c(model).read]
+
+    def _check_query(self, model: str, queries: np.ndarray) -> None:
+        dim = self.mirrors[model].dim if model in self.mirrors else self.dim(model)
+        if queries.shape[-1] != dim:
+            raise Conflict(f"a {model} query has {queries.shape[-1]} numbers but the {model} vectors have {dim} "
+                           "(made for another version of the model?)")
+
+    def _reader(self, model: str) -> tuple[str, Space | None]:
+        """Without a mirror: the collection reads come from, and the space they are compared in (None: raw),
+        with statistics from a sample of it, fitted again when the library has doubled or halved since."""
+        c = self._c(model)
+        if c.upgrading and not self.milvus.exists(c.read):  # another process finished the upgrade
+            self._switch(model, c)
+        if c.space is None or c.upgrading:
+            return c.read, None
+        if c.sampled is None or time.monotonic() - c.checked > REFIT_CHECK_S:
+            n, c.checked = self.milvus.count(c.read), time.monotonic()
+            if c.sampled is None or c.sampled.due(n):
+                c.sampled = (c.sampled or c.space).fitted(self._sample(c.read, n), n)
+        return c.read, c.sampled
+
+    def _fetch_read(self, model: str, track_ids: list[str]) -> tuple[list[str], np.ndarray]:
+        """Without a mirror: those of the tracks the model has, in order, and their vectors in its space."""
+        name, space = self._reader(model)
+        found = self.milvus.fetch(name, list(dict.fromkeys(track_ids)))
+        have = [t for t in track_ids if t in found]
+        raw = np.array([found[t] for t in have], np.float32).reshape(len(have), self._dims[name])
+        return have, (space.transform(raw) if space is not None else raw)
+
     def get_vectors(self, model: str, track_ids: list[str]) -> dict[str, np.ndarray]:
         if model not in self.mirrors:
-            return self._fetch(model, list(track_ids))
+            have, vectors = self._fetch_read(model, track_ids)
+            return dict(zip(have, vectors))
         with self._lock:
             return self.mirrors[model].get(list(track_ids))
 
@@ -233,48 +302,48 @@ class VectorStore:
         """Those of `track_ids` the model has, in their order, and their vectors as one (n, dim) array (a copy):
         for many tracks at once, where get_vectors would make an array each."""
         if model not in self.mirrors:
-            found = self._fetch(model, list(track_ids))
-            have = [t for t in track_ids if t in found]
-            return have, np.array([found[t] for t in have], np.float32).reshape(len(have), -1)
+            return self._fetch_read(model, track_ids)
         with self._lock:
             m = self.mirrors[model]
             have = [t for t in track_ids if t in m.pos]
-            return have, m.matrix[[m.pos[t] for t in have]]
+            return have, m.vectors([m.pos[t] for t in have])
 
     def search(self, model: str, vector: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
         """(track_id, cosine similarity), best first; exact from the mirror, approximate (HNSW) from a server."""
-        if model not in self.mirrors:
-            exclude = set(exclude)
-            hits = self._milvus_search(model, np.asarray(vector, np.float32)[None], limit + len(exclude))[0]
+        vector = np.asarray(vector, np.float32)
+        self._check_query(model, vector)
+        if model in self.mirrors:
+            with self._lock:
+                return self.mirrors[model].search(vector, limit, exclude)
+        exclude = set(exclude)
+        name, space = self._reader(model)
+        if space is None:
+            hits = self.milvus.search(name, vector[None], limit + len(exclude))[0]
             return [(t, s) for t, s in hits if t not in exclude][:limit]
-        with self._lock:
-            return self.mirrors[model].search(vector, limit, exclude)
-
-    def _milvus_search(self, model: str, queries: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
-        limit = max(1, min(limit, 16384))  # Milvus's top-k limit
-        params = {"metric_type": "COSINE", "params": {"ef": max(64, limit)}}
-        with self._milvus_lock:
-            res = self.client.search(collection_name(model), queries.tolist(), limit=limit, search_params=params, output_fields=[])
-        return [[(h["id"], float(h["distance"])) for h in hits] for hits in res]
+        pool = self.milvus.search(name, space.raw_query(vector), max(POOL, limit + len(exclude)), vectors=True)[0]
+        ids = [t for t, _ in pool]
+        sims = _cosines(space.transform(np.array([v for _, v in pool], np.float32).reshape(len(pool), -1)), vector[None])[:, 0]
+        order = np.argsort(-sims, kind="stable")
+        return [(ids[i], float(sims[i])) for i in order if ids[i] not in exclude][:limit]
 
     def similarities(self, model: str, queries: np.ndarray) -> tuple[Rows, np.ndarray]:
         """Cosine similarity of the tracks to each query: (track ids by row, (tracks, queries)). With the mirror,
         every track, exactly; without, the union of each query's nearest POOL tracks (scored exactly)."""
         queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
+        self._check_query(model, queries)
         if model not in self.mirrors:
-            pool = list(dict.fromkeys(t for hits in self._milvus_search(model, queries, POOL) for t, _ in hits))
-            ids, vectors = self.stacked(model, pool)
-            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-            q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
-            return Rows(ids, {t: i for i, t in enumerate(ids)}), unit @ q.T
+            name, space = self._reader(model)
+            near = self.milvus.search(name, queries if space is None else space.raw_query(queries), POOL)
+            ids, vectors = self.stacked(model, list(dict.fromkeys(t for hits in near for t, _ in hits)))
+            return Rows(ids, {t: i for i, t in enumerate(ids)}), _cosines(vectors, queries)
         with self._lock:
             mirror = self.mirrors[model]
             return Rows(mirror.ids, mirror.pos), mirror.similarities(queries)
 
     def size(self, model: str) -> int:
-        """How many tracks have a vector of this model."""
+        """How many tracks have a vector of this model (that reads see)."""
         if model not in self.mirrors:
-            return self.count(model)
+            return self.milvus.count(self._c(model).read)
         with self._lock:
             return len(self.mirrors[model])
 
@@ -282,33 +351,33 @@ class VectorStore:
         """Every track id the model has, in the order snapshot gives them, without copying the vectors: what tells
         whether the library changed since a result computed over all of it."""
         if model not in self.mirrors:
-            return tuple(dict.fromkeys(self.all_ids(model)))
+            return tuple(dict.fromkeys(self.milvus.ids(self._c(model).read)))
         with self._lock:
             return tuple(self.mirrors[model].ids)
 
     def snapshot(self, model: str) -> tuple[tuple[str, ...], np.ndarray]:
-        """Every track id and its vector (raw, as stored), in one consistent copy: for work over the whole library."""
+        """Every track id and its vector (in the model's space), in one consistent copy: for work over the whole
+        library."""
         if model not in self.mirrors:
-            parts = list(self._all_vectors(model))
+            name, space = self._reader(model)
+            parts = list(self.milvus.batches(name))
             ids = tuple(t for batch, _ in parts for t in batch)
-            return ids, np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self._dims[collection_name(model)]), np.float32)
+            raw = np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self._dims[name]), np.float32)
+            return ids, (space.transform(raw) if space is not None else raw)
         with self._lock:
             m = self.mirrors[model]
-            return tuple(m.ids), m.matrix.copy()
+            return tuple(m.ids), m.vectors()
 
     def count(self, model: str) -> int:
-        with self._milvus_lock:
-            self.client.load_collection(collection_name(model))  # a no-op when loaded; reopened ones are not
-            res = self.client.query(collection_name(model), filter="", output_fields=["count(*)"], **self._strong)
-        return int(res[0]["count(*)"])
+        """How many vectors the model's current version has stored."""
+        return self.milvus.count(self._c(model).write)
 
     def all_ids(self, model: str) -> list[str]:
-        """Every stored track id, duplicates included (used to check idempotency)."""
-        out: list[str] = []
-        with self._milvus_lock:
-            self.client.load_collection(collection_name(model))
-            it = self.client.query_iterator(collection_name(model), batch_size=1000, filter="", output_fields=[ID_FIELD])
-            while batch := it.next():
-                out += [r[ID_FIELD] for r in batch]
-            it.close()
-        return out
+        """Every track id the model's current version has stored, duplicates included (to check idempotency)."""
+        return self.milvus.ids(self._c(model).write)
+
+
+def _cosines(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(n, k) cosine similarities of n vectors to k queries."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    return unit @ (queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)).T

@@ -12,7 +12,9 @@ Choices that differ from AudioMuse-AI's described algorithms, and why:
   assigned to them all at once (a linear assignment maximising total similarity) instead of greedily point by
   point, so an early point cannot take the track a later one needed and the path has exactly max_steps
   distinct tracks whenever the library has that many that are not near-duplicates. Near-duplicates (the same
-  song by sidecar.data.ids.song_key, or cosine > 0.995) are excluded against the whole path, not a lookback window.
+  song by sidecar.data.ids.song_key, or the same recording by sidecar.data.recordings) are excluded against the
+  whole path, not a lookback window. A cosine threshold cannot tell a recording: a -6 dB copy falls to 0.90 while
+  distinct tracks of one album reach 0.996 (scripts/bench_quality.py).
 - Alchemy: a candidate is filtered when it is close to *any* subtracted track, not to the subtract centroid
   (the centroid of two different tracks may lie near neither); sampling is seeded and reproducible.
 - Sonic fingerprint: every play counts, decayed by its age (half-life), so recent taste dominates; favourites

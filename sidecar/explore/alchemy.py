@@ -7,6 +7,7 @@ import numpy as np
 from schemas.explore import AlchemyPoint, AlchemyRequest, AlchemyResponse, AlchemyResult, FilteredTrack
 from sidecar.data import Catalog, VectorStore
 from sidecar.data.ids import shown_id
+from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput
 from sidecar.explore.artists import artist_index, find_artist
 from sidecar.explore.common import resolve, track_item, unit, unit_vectors
@@ -14,6 +15,7 @@ from sidecar.explore.plane import pca_2d, scaler
 from sidecar.explore.state import ExploreCaches
 
 ARTIST = "artist:"  # the label of an artist's centroid among the ingredients
+SUBTRACT_SHARE = 0.1  # by default a subtracted track takes its nearest tenth of the library with it
 
 
 def song_alchemy(catalog: Catalog, store: VectorStore, caches: ExploreCaches, model: str, req: AlchemyRequest) -> AlchemyResponse:
@@ -34,7 +36,7 @@ def song_alchemy(catalog: Catalog, store: VectorStore, caches: ExploreCaches, mo
     seed = None
     if req.temperature > 0:
         seed = req.seed if req.seed is not None else int(np.random.default_rng().integers(0, 2**31))
-    out = alchemy(store, model, adds, subs, set(add_ids) | set(sub_ids), req, seed)
+    out = alchemy(store, model, adds, subs, set(add_ids) | set(sub_ids), req, seed, Recordings.of(catalog))
     coords = out["coords"]
 
     def xy(label: str) -> dict[str, float]:
@@ -67,16 +69,17 @@ def song_alchemy(catalog: Catalog, store: VectorStore, caches: ExploreCaches, mo
         sub_points=[point(t) for t in subs],
         centroid_2d=rounded(out["centroid"]),
         subtract_centroid_2d=None if out["sub_centroid"] is None else rounded(out["sub_centroid"]),
-        projection=out["projection"], model=model, temperature=req.temperature, seed=seed, subtract_radius=req.subtract_radius,
+        projection=out["projection"], model=model, temperature=req.temperature, seed=seed, subtract_radius=round(out["radius"], 6),
     )
 
 
 def alchemy(
     store: VectorStore, model: str, adds: dict[str, np.ndarray], subs: dict[str, np.ndarray], exclude: set[str],
-    req: AlchemyRequest, seed: int | None,
+    req: AlchemyRequest, seed: int | None, recordings: Recordings,
 ) -> dict:
     """The chosen tracks [(id, similarity to the target)], the filtered ones [(id, similarity, nearest
-    subtracted label, its similarity)], and 2-D coordinates of every label, the add and subtract centroids."""
+    subtracted label, its similarity)], and 2-D coordinates of every label, the add and subtract centroids. The
+    candidates hold one file of each recording, none of an ingredient's (`recordings`)."""
     add_c = unit(np.mean(list(adds.values()), axis=0))
     sub_c = unit(np.mean(list(subs.values()), axis=0)) if subs else None
     target = add_c
@@ -88,10 +91,16 @@ def alchemy(
     ids, sims = store.similarities(model, np.stack([target] + [subs[k] for k in sub_labels]))
     sim_t = sims[:, 0]
     usable = np.array([tid not in exclude for tid in ids], bool)
+    radius = req.subtract_radius
     if sub_labels:
-        nearest = sims[:, 1:].argmax(axis=1)
+        if radius is None:  # each subtracted track's nearest tenth: a cosine scale differs from model to model
+            cut = np.quantile(sims[:, 1:], 1 - SUBTRACT_SHARE, axis=0)
+            radius = float(1 - cut.min())
+        else:
+            cut = np.full(len(sub_labels), 1.0 - radius)
+        nearest = (sims[:, 1:] - cut).argmax(axis=1)
         near_sim = sims[np.arange(len(ids)), 1 + nearest]
-        near = near_sim >= 1.0 - req.subtract_radius
+        near = near_sim >= cut[nearest]
     else:
         nearest = near_sim = None
         near = np.zeros(len(ids), bool)
@@ -99,7 +108,7 @@ def alchemy(
     order = order[usable[order]]
     kept_all = order[~near[order]]
     pool_size = req.n if req.temperature == 0 else max(3 * req.n, req.n + 20)
-    pool = kept_all[:pool_size]
+    pool = np.array(recordings.distinct(kept_all, pool_size, key=ids.__getitem__, taken=exclude), int)
     # filtered: the candidates ranked above the pool's last track (those it would otherwise have held); all of
     # them when the pool took every track that was left
     cutoff = int(np.flatnonzero(order == pool[-1])[0]) + 1 if pool.size == pool_size else len(order)
@@ -133,4 +142,5 @@ def alchemy(
         "chosen": [(t, float(sim_t[i])) for t, i in zip(chosen_ids, chosen)],
         "filtered": [(ids[i], float(sim_t[i]), sub_labels[int(nearest[i])], float(near_sim[i])) for i in filtered],
         "coords": coords, "centroid": centroid, "sub_centroid": sub_centroid, "projection": "pca",
+        "radius": radius if radius is not None else 0.0,
     }

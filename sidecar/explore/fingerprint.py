@@ -10,6 +10,7 @@ import numpy as np
 from schemas.explore import FingerprintQuery, FingerprintResponse, SeedTrack, TagScore
 from sidecar.data import Catalog, VectorStore
 from sidecar.data.ids import shown_id
+from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput, Conflict
 from sidecar.explore.common import track_item, unit
 from sidecar.explore.state import ExploreCaches
@@ -58,7 +59,8 @@ def sonic_fingerprint(catalog: Catalog, store: VectorStore, caches: ExploreCache
         if (r := ids.row(tid)) is not None:
             sim[r] = -np.inf
     k = min(q.n, int(np.isfinite(sim).sum()))
-    top = np.argsort(-sim, kind="stable")[:k]
+    # one file of each recording, none of a skipped track's
+    top = Recordings.of(catalog).distinct(np.argsort(-sim, kind="stable"), k, key=ids.__getitem__, taken=skip)
 
     acc: Counter = Counter()
     tagged = 0.0

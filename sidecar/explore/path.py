@@ -2,7 +2,7 @@
 
 The ideal points are a spherical interpolation between the two ends' unit vectors; the tracks nearest them are
 assigned to them all at once (a linear assignment maximising total similarity), and no two tracks of a path
-are near-duplicates (see sidecar/explore/__init__.py)."""
+are one song or one recording (see sidecar/explore/__init__.py)."""
 from __future__ import annotations
 
 import math
@@ -13,10 +13,9 @@ from scipy.optimize import linear_sum_assignment
 from schemas.explore import FindPathQuery, FindPathResponse
 from sidecar.data import Catalog, VectorStore
 from sidecar.data.ids import song_key
+from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput, Conflict
 from sidecar.explore.common import resolve, track_item, unit, unit_vectors
-
-DUPLICATE_COSINE = 0.995  # two tracks this similar are the same recording (another file, another edition)
 
 
 def find_path(catalog: Catalog, store: VectorStore, model: str, q: FindPathQuery) -> FindPathResponse:
@@ -88,14 +87,14 @@ def song_path(
     for tid in (start, end):
         if (r := ids.row(tid)) is not None:
             usable[r] = False
-    usable &= (s0 <= DUPLICATE_COSINE) & (s1 <= DUPLICATE_COSINE)  # near-duplicates of the ends
+    recordings = Recordings.of(catalog)
 
     # in-plane length of each track: an upper bound of its similarity to every ideal point, used to score only
     # the tracks that can be among a step's best
     e_perp = (s1 - dot * s0) / max(math.sqrt(max(1.0 - dot * dot, 0.0)), 1e-6)
     reach = np.sqrt(s0 * s0 + e_perp * e_perp) if dot < 1 - 1e-6 else np.abs(s0)
 
-    accepted: list[int] = []  # rows, best candidates first, no two near-duplicates
+    accepted: list[int] = []  # rows, best candidates first, no two of one song or one recording
     acc_unit = np.zeros((max(interior, 1) * 2, s.shape[0]), np.float32)
     seen: set[int] = set()
     per_step = 8
@@ -109,14 +108,13 @@ def song_path(
         pool_ids = [ids[r] for r in order]
         vecs = store.get_vectors(model, pool_ids)
         meta = catalog.tracks_brief(pool_ids)
+        kept = set(recordings.distinct(pool_ids, taken=[start, end, *(ids[r] for r in accepted)]))
         for r, tid in zip(order, pool_ids):
-            if tid not in vecs:  # deleted since the read
+            if tid not in vecs or tid not in kept:  # deleted since the read, or another file of a recording in the path
                 continue
             u = unit(vecs[tid])
             key = (m := meta.get(tid)) and song_key(m["title"], m["artist"])
             if key and key in taken_keys:
-                continue
-            if accepted and float((acc_unit[: len(accepted)] @ u).max()) > DUPLICATE_COSINE:
                 continue
             if len(accepted) == acc_unit.shape[0]:
                 acc_unit = np.concatenate([acc_unit, np.zeros_like(acc_unit)])

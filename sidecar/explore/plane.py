@@ -17,7 +17,13 @@ def pca_2d(fit: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     if fit.shape[0] < 2:
         return lambda x: np.zeros((len(x), 2), np.float32)
     centred = (fit - mean).astype(np.float64)
-    comps = top2_eigenvectors(centred.T @ centred).T
+    if len(centred) < centred.shape[1]:
+        # fewer rows than dimensions (alchemy's few dozen points of 1,012-d vectors): the same eigenvectors through
+        # the rows' small Gram matrix (60 ms less at 1,012-d)
+        comps = centred.T @ top2_eigenvectors(centred @ centred.T)
+        comps = (comps / np.linalg.norm(comps, axis=0).clip(1e-300)).T
+    else:
+        comps = top2_eigenvectors(centred.T @ centred).T
     comps = comps * np.sign(comps[np.arange(2), np.abs(comps).argmax(axis=1)])[:, None]
     comps = comps.astype(np.float32)
     return lambda x: ((np.asarray(x, np.float32) - mean) @ comps.T).astype(np.float32)

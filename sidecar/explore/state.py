@@ -71,7 +71,10 @@ class ParsedTags:
 
 
 def dominant_tag(probs: dict | None) -> str | None:
-    return max(probs, key=probs.get) if probs else None
+    """The most probable of the Million Song Dataset tags, the map's legend (other taggers' tags beside them, like
+    MusiCNN's "mtt:ambient", are probabilities on another scale)."""
+    msd = {t: p for t, p in (probs or {}).items() if ":" not in t}
+    return max(msd, key=msd.get) if msd else None
 
 
 @dataclass

@@ -15,6 +15,8 @@ EmbedderUnavailable naming the variable (and, for an unknown one, the closest op
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import difflib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
@@ -100,6 +102,22 @@ class Plugin:
         self.options = self.Options.parse(self.name, options)
 
 
+@dataclass(frozen=True)
+class Block:
+    """A part of an embedder's vector compared as a whole in its similarity space (see Embedder.space): every
+    dimension is standardised over the library (z-score), multiplied by its scale, the block is unit-normalised
+    and weighted, so that the cosine of two tracks is the weighted mean of their blocks' cosines."""
+
+    name: str
+    size: int
+    weight: float = 1.0
+    scales: tuple[float, ...] | None = None  # one per dimension; None: all 1
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or self.weight <= 0 or (self.scales is not None and len(self.scales) != self.size):
+            raise ValueError(f"block {self.name}: size and weight must be positive, and scales one per dimension")
+
+
 class Embedder(Plugin, ABC):
     #: collection-safe name: lowercase letters, digits and underscores
     name: str
@@ -113,6 +131,11 @@ class Embedder(Plugin, ABC):
     supports_text: bool = False
     #: True if `EmbedResult.segments` should be stored (a few windows per track, not hundreds of patches)
     store_segments: bool = False
+    #: how tracks are compared: blocks covering `vector` in order, standardised over the library (see Block);
+    #: None: plain cosine of the raw vectors (a joint text-audio space must stay raw to match its text vectors)
+    space: tuple[Block, ...] | None = None
+    #: this model's weight when several models' relevances are merged into one score (recommendations)
+    fusion_weight: float = 1.0
 
     def prepare(self, models_dir: Path) -> None:
         """Make weights ready under `models_dir` (download from a package registry, convert). Idempotent.

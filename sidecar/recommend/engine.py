@@ -6,7 +6,13 @@ to a negative seed or prompt. The model's candidates are its best `candidates_pe
 put on one scale across models (each model's relevance as a z-score over the whole library, through the
 normal CDF, so 0-1), then merged:
 
-- union: every candidate of any model, scored by the best model;
+- union: every candidate of any model (the union of each model's best `candidates_per_model`), scored by the
+  mean of the models' z-scores for it weighted by their `fusion_weight` (a model without a vector for the track
+  is left out), through the normal CDF: it ranks like one vector fusing the models, so a weaker model added
+  to a stronger one moves the ranking a little instead of filling half of it with its own picks (on the labelled
+  corpus, musicnn + dsp at 0.25: album P@10 0.419 / 0.281 on dev / test albums against musicnn alone 0.414 /
+  0.285; the best model's relevance, as union scored before, gave 0.390 / 0.257; a mean of the 0-1 relevances
+  0.400 / 0.262, the normal CDF flattening the differences among a strong model's best matches);
 - intersection: only tracks every model proposed, scored by the mean;
 - priority: the intersection if it fills the playlist, else the highest-priority model's own list;
 - min_model_agreement K: only tracks proposed by at least K models (raising K can only remove tracks).
@@ -25,6 +31,7 @@ from scipy.special import ndtr
 
 from schemas.recommend import NearSeed, Recommendation, RecommendationRequest, RecommendationResponse, Seed
 from sidecar.data.mirror import Rows
+from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput
 
 DISCOVERY_DIVERSITY = 0.3
@@ -52,11 +59,15 @@ class _ModelSeeds:
 @dataclass
 class _Scored:
     ids: Rows
-    relevance: np.ndarray  # 0-1 per library track
+    z: np.ndarray  # per library track: the model's z-score of its raw relevance over the library
     candidates: list[int]  # row indices, best first
     pos_sims: np.ndarray  # (n, seeds)
     neg_sims: np.ndarray | None
     seeds: _ModelSeeds
+
+    def relevance(self, row: int) -> float:
+        """0-1: the z-score through the normal CDF, so that models' relevances share one scale."""
+        return float(ndtr(self.z[row]))
 
     @property
     def neg_cut(self) -> np.ndarray:
@@ -102,8 +113,8 @@ class Engine:
                 if s.model not in per_model:
                     raise BadInput(f"a vector seed is in model {s.model!r}, which is not among the request's models", "seeds")
                 if s.model == m:
-                    if len(s.vector) != self.embedders.ready[m].dim:
-                        raise BadInput(f"a {m} vector has {self.embedders.ready[m].dim} numbers, not {len(s.vector)}", "seeds")
+                    if len(s.vector) != self.store.dim(m):
+                        raise BadInput(f"a {m} vector has {self.store.dim(m)} numbers, not {len(s.vector)}", "seeds")
                     per_model[m].add(np.array(s.vector), _decayed(s, now, req.recency_half_life_days), f"vector #{i + 1}", s.sign == "negative")
             texts = [(s.text, _decayed(s, now, req.recency_half_life_days), s.sign == "negative") for s in seeds if s.text]
             texts += [(p, 1.0, True) for p in req.negative_prompts]
@@ -137,15 +148,15 @@ class Engine:
         if neg_sims is not None:
             raw = raw - penalty * np.clip(neg_sims * np.array(seeds.neg_w, np.float32), 0, None).max(axis=1)
         std = float(raw.std())
-        relevance = ndtr((raw - raw.mean()) / std) if std > 1e-9 else np.full(len(raw), 0.5)
-        allowed = relevance.copy()
+        z = (raw - raw.mean()) / std if std > 1e-9 else np.zeros(len(raw))
+        allowed = z.copy()
         for tid in excluded:
             if (i := ids.row(tid)) is not None:
                 allowed[i] = -np.inf
         k = min(k, int(np.isfinite(allowed).sum()))
         top = np.argpartition(-allowed, k - 1)[:k] if k > 0 else np.array([], int)
         top = top[np.argsort(-allowed[top], kind="stable")]
-        return _Scored(ids, relevance, [int(i) for i in top], pos_sims, neg_sims if penalty > 0 else None, seeds)
+        return _Scored(ids, z, [int(i) for i in top], pos_sims, neg_sims if penalty > 0 else None, seeds)
 
     def recommend(self, req: RecommendationRequest) -> RecommendationResponse:
         models = [self.embedders.require(m, "models") for m in req.models or ()] or [self.embedders.default]
@@ -174,6 +185,8 @@ class Engine:
             if tid in low:
                 entry["score"] *= req.low_rating_penalty
                 entry["reasons"].append("rated low by the user")
+        ranked = sorted(merged, key=lambda t: -merged[t]["score"])  # one file of each recording, none of a seed's
+        merged = {t: merged[t] for t in Recordings.of(self.catalog).distinct(ranked, taken=excluded)}
         diversity = req.diversity if req.diversity is not None else (DISCOVERY_DIVERSITY if req.mode == "discovery" else 0.0)
         picked = self._mmr(merged, scored, req.limit, diversity)
         meta = self.catalog.tracks_brief(picked)
@@ -189,14 +202,14 @@ class Engine:
         for m, s in scored.items():
             order[m] = [s.ids[i] for i in s.candidates]
             for i in s.candidates:
-                found.setdefault(s.ids[i], {})[m] = float(s.relevance[i])
+                found.setdefault(s.ids[i], {})[m] = float(s.relevance(i))
         everyone = set(scored)
 
         def entry(tid: str, score: float) -> dict:
             return {"score": score, "models": sorted(found[tid]), "reasons": []}
 
         if req.merge_strategy == "union":
-            merged = {t: entry(t, max(by.values())) for t, by in found.items()}
+            merged = {t: entry(t, self._fused(t, scored)) for t in found}
         else:
             merged = {t: entry(t, float(np.mean(list(by.values())))) for t, by in found.items() if set(by) == everyone}
             if req.merge_strategy == "priority" and len(merged) < req.limit:
@@ -207,6 +220,15 @@ class Engine:
         if req.min_model_agreement > 1:
             merged = {t: e for t, e in merged.items() if len(found[t]) >= req.min_model_agreement}
         return merged
+
+    def _fused(self, tid: str, scored: dict[str, _Scored]) -> float:
+        """The fusion_weight-weighted mean of the models' z-scores for the track, as a relevance (0-1)."""
+        total = weights = 0.0
+        for m, s in scored.items():
+            if (i := s.ids.row(tid)) is not None:
+                w = self.embedders.ready[m].fusion_weight
+                total, weights = total + w * float(s.z[i]), weights + w
+        return float(ndtr(total / weights))
 
     def _mmr(self, merged: dict[str, dict], scored: dict[str, _Scored], limit: int, diversity: float) -> list[str]:
         ranked = sorted(merged, key=lambda t: -merged[t]["score"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from schemas.api import SimilarTrack, SimilarTracksQuery
 from sidecar.data import Catalog, VectorStore
 from sidecar.data.ids import shown_id, song_key
+from sidecar.data.recordings import Recordings
 from sidecar.errors import Conflict, NotFound
 
 
@@ -14,8 +15,10 @@ def similar_tracks(catalog: Catalog, store: VectorStore, model: str, q: SimilarT
     vectors = store.get_vectors(model, [track_id])
     if track_id not in vectors:
         raise Conflict(f"track {q.item_id!r} has no {model} vector yet (not analysed, or analysis failed)", "item_id")
-    extra = 3 * q.n if q.eliminate_duplicates else 0  # room for what duplicates remove
-    hits = store.search(model, vectors[track_id], q.n + extra, [track_id])
+    extra = 3 * q.n if q.eliminate_duplicates else 0  # room for what the same title and artist removes
+    recordings = Recordings.of(catalog)  # and one file of each recording, the seed's other files left out
+    hits = store.search(model, vectors[track_id], q.n + extra + recordings.spare([track_id]), [track_id])
+    hits = recordings.distinct(hits, q.n + extra, key=lambda h: h[0], taken=[track_id])
     meta = catalog.tracks_brief([track_id] + [h[0] for h in hits])
     seen = {song_key(meta[track_id]["title"], meta[track_id]["artist"])} if track_id in meta else set()
     out = []

@@ -1,22 +1,29 @@
-"""MusiCNN (MSD_musicnn, Pons & Serra, musicnn 0.1.0) as an embedder plugin, in PyTorch.
+"""MusiCNN (Pons & Serra, musicnn 0.1.0) as an embedder plugin: MSD_musicnn and MTT_vgg in PyTorch or ONNX Runtime.
 
 `prepare` downloads the `musicnn==0.1.0` wheel from PyPI (no dependencies: the package pins numpy<1.17 and
-TensorFlow, neither of which is used), reads its TensorFlow-1 checkpoint with numpy alone and writes
-`<models_dir>/musicnn/msd_musicnn.safetensors` (a PyTorch state dict, ~3.2 MB). `embed` returns the mean of
-the per-patch dense(1506->200) pre-activations (the vector AudioMuse-AI averages), the per-patch vectors as
-segments, and the mean sigmoid probability of the 50 Million Song Dataset tags.
+TensorFlow, neither of which is used), reads its TensorFlow-1 checkpoints with numpy alone and writes
+`<models_dir>/musicnn/msd_musicnn.safetensors` and `mtt_vgg.safetensors` (PyTorch state dicts, ~3.2 and ~2.4 MB).
+
+`embed` computes the log-mel patches once, runs MSD_musicnn on them and MTT_vgg on every other one, and returns
+(recipe.py, chosen on the labelled benchmark of scripts/bench_quality.py):
+- `vector`: [MSD dense pre-activation patch mean | patch std | MTT_vgg pool5 patch mean | patch std | logits of
+  the mean MSD and MTT tag probabilities] (1,012-d), compared through `space` (per-library z-scores, blocks);
+- `tags`: the mean probability of the 50 Million Song Dataset tags under their names, and of the 50
+  MagnaTagATune tags as "mtt:<tag>".
 
 Options (SIDECAR_PLUGINS__MUSICNN__<OPTION>):
-  backend  "onnx" (default) or "torch": with "onnx", `prepare` also exports the model to
-           `<models_dir>/musicnn/msd_musicnn.onnx` and inference runs on ONNX Runtime (CPU), about twice as
-           fast as torch here. Both backends agree with the TensorFlow reference within 1e-4, so they share
-           one `version`.
-  threads  ONNX Runtime intra-op threads per inference (default 1; the torch backend follows the process-wide
-           torch thread setting).
-  patches  at most this many 3-second patches analysed per track, spread evenly over it (default 24; 0: every
-           patch). The mean of 24 spread patches stayed within cosine 0.996 of the whole-track vector on 59
-           real full-length tracks (docs/PERFORMANCE.md), well inside the 0.99 bound that lets both share one
-           `version`; a 4-minute track has 80 patches, so this is about a third of the model work.
+  backend      "onnx" (default) or "torch": with "onnx", `prepare` also exports both networks to ONNX beside
+               their weights and inference runs on ONNX Runtime (CPU), about twice as fast as torch here. Both
+               backends agree with the TensorFlow reference within 1e-4, so they share one `version`.
+  threads      ONNX Runtime intra-op threads per inference (default 1; the torch backend follows the
+               process-wide torch thread setting).
+  patches      at most this many 3-second patches analysed per track, spread evenly over it (default 24; 0:
+               every patch). The mean of 24 spread patches stayed within cosine 0.996 of the whole-track vector
+               on 59 real full-length tracks (docs/PERFORMANCE.md), well inside the 0.99 bound that lets both
+               share one `version`; a 4-minute track has 80 patches, so this is about a third of the model work.
+  vgg_patches  MTT_vgg runs on at most this many of those patches, every k-th (default 12: every other one of
+               24, +12% analysis time); like `patches`, a budget that keeps the version. 0 turns MTT_vgg off:
+               the vector is then [MSD mean | MSD std | MSD tag logits] (450-d), another version and space.
 
 Model, weights and tags: ISC licence, Music Technology Group, Universitat Pompeu Fabra.
 """
@@ -27,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -37,33 +45,28 @@ from schemas.embedding import EmbedResult
 from sidecar.plugins import CaseInsensitive, Embedder, EmbedderUnavailable, PluginOptions
 
 from .onnx_backend import INPUT as ONNX_INPUT
-from .onnx_backend import OUTPUTS as OUTPUT_NAMES  # the fields of MusicnnOutput
+from .onnx_backend import output_names
 from .preprocess import SAMPLE_RATE, audio_to_patches
+from .recipe import MSD, MSD_TAGS, MTT_TAGS, VGG, space, track_tags, track_vector, vgg_patches
 
-__all__ = ["MusicnnEmbedder", "MSD_TAGS", "download_wheel", "weights_path"]
+__all__ = ["MusicnnEmbedder", "MSD_TAGS", "MTT_TAGS", "download_wheel", "weights_path"]
 
 log = logging.getLogger(__name__)
 
 PACKAGE = "musicnn==0.1.0"
-WEIGHTS_FILE = "msd_musicnn.safetensors"
 BATCH = 16  # patches per forward pass
 #: default patch budget per track: the smallest multiple of 8 whose mean vector stayed within cosine 0.995 of
 #: the whole track's on every one of 59 real tracks (scripts/bench_ingest.py prints the figures per budget)
 PATCHES = 24
+#: MTT_vgg's default share of them: every other patch kept nearly all of MTT_vgg's gain (.cache/quality/REPORT.md)
+VGG_PATCHES = 12
 MAX_PATCHES = 100_000
-
-MSD_TAGS: tuple[str, ...] = (
-    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
-    "alternative rock", "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul",
-    "indie rock", "Mellow", "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies",
-    "blues", "hard rock", "ambient", "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s",
-    "party", "country", "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal",
-    "Progressive rock", "60s", "rnb", "indie pop", "sad", "House", "happy",
-)  # fmt: skip
+#: bump the number when the vector changes; the name says which networks make it (the option `vgg_patches`)
+VERSIONS = {False: "msd-musicnn-2", True: "msd-musicnn+mtt-vgg-2"}
 
 
-def weights_path(models_dir: Path) -> Path:
-    return Path(models_dir) / "musicnn" / WEIGHTS_FILE
+def weights_path(models_dir: Path, network: str = MSD) -> Path:
+    return Path(models_dir) / "musicnn" / f"{network.lower()}.safetensors"
 
 
 def download_wheel(dest_dir: Path) -> Path:
@@ -98,8 +101,6 @@ def download_wheel(dest_dir: Path) -> Path:
 
 class MusicnnEmbedder(Embedder):
     name = "musicnn"
-    version = "msd-musicnn-1"
-    dim = 200
     sample_rate = SAMPLE_RATE
 
     class Options(PluginOptions):
@@ -110,13 +111,25 @@ class MusicnnEmbedder(Embedder):
         patches: int = Field(
             PATCHES, ge=0, le=MAX_PATCHES, description="3-second patches analysed per track, spread over it; 0: every patch"
         )
+        vgg_patches: int = Field(
+            VGG_PATCHES, ge=0, le=MAX_PATCHES,
+            description="of those, at most this many (every k-th) also through MTT_vgg; 0: MSD_musicnn alone",
+        )  # fmt: skip
 
     options: Options
 
     def __init__(self) -> None:
-        self._model = None  # torch backend
-        self._session = None  # onnx backend: an onnxruntime.InferenceSession
+        self._models: dict[str, Any] = {}  # torch backend: network -> nn.Module
+        self._sessions: dict[str, Any] = {}  # onnx backend: network -> onnxruntime.InferenceSession
         super().__init__()
+
+    def configure(self, options: Mapping[str, str]) -> None:
+        super().configure(options)
+        vgg = self.options.vgg_patches > 0
+        self.networks: tuple[str, ...] = (MSD, VGG) if vgg else (MSD,)
+        self.version = VERSIONS[vgg]
+        self.space = space(vgg)
+        self.dim = sum(b.size for b in self.space)
 
     # ---------------------------------------------------------------------------------------------- setup
     def prepare(self, models_dir: Path) -> None:
@@ -124,50 +137,53 @@ class MusicnnEmbedder(Embedder):
         if self.options.backend == "onnx":
             from .onnx_backend import export_onnx, onnx_is_current, onnx_path
 
-            weights, dest = weights_path(models_dir), onnx_path(models_dir)
-            if not onnx_is_current(dest, weights, self.version):
-                export_onnx(weights, dest, self.version)
+            for net in self.networks:
+                weights, dest = weights_path(models_dir, net), onnx_path(models_dir, net)
+                if not onnx_is_current(dest, weights, net):
+                    export_onnx(weights, dest, net)
 
     def _prepare_weights(self, models_dir: Path) -> None:
-        dest = weights_path(models_dir)
-        if dest.exists():
+        missing = [net for net in self.networks if not weights_path(models_dir, net).exists()]
+        if not missing:
             return
         from .checkpoint import CheckpointError
         from .convert import convert_wheel
 
         with tempfile.TemporaryDirectory(prefix="musicnn-wheel-") as tmp:
             wheel = download_wheel(Path(tmp))
-            try:
-                convert_wheel(wheel, dest)
-            except (CheckpointError, OSError, ValueError, zipfile.BadZipFile) as e:
-                raise EmbedderUnavailable(f"could not convert the MusiCNN checkpoint from {wheel.name}: {e}") from e
-        log.info("MusiCNN weights written to %s", dest)
+            for net in missing:
+                dest = weights_path(models_dir, net)
+                try:
+                    convert_wheel(wheel, dest, net)
+                except (CheckpointError, OSError, ValueError, zipfile.BadZipFile) as e:
+                    raise EmbedderUnavailable(f"could not convert the {net} checkpoint from {wheel.name}: {e}") from e
+                log.info("%s weights written to %s", net, dest)
 
     def load(self, models_dir: Path) -> None:
-        path = weights_path(models_dir)
-        if not path.exists():
-            raise EmbedderUnavailable(f"MusiCNN weights not found at {path}: run `sidecar setup`")
+        for net in self.networks:
+            path = weights_path(models_dir, net)
+            if not path.exists():
+                raise EmbedderUnavailable(f"MusiCNN weights ({net}) not found at {path}: run `sidecar setup`")
         if self.options.backend == "onnx":
-            self._load_onnx(models_dir)
+            self._sessions, self._models = {net: self._load_session(models_dir, net) for net in self.networks}, {}
             return
-        from safetensors.torch import load_file
+        from .networks import load_weights
 
-        from .model import MusicnnMSD, load_state
+        models = {}
+        for net in self.networks:
+            path = weights_path(models_dir, net)
+            try:
+                models[net] = load_weights(path, net)
+            except Exception as e:  # a truncated or foreign file
+                raise EmbedderUnavailable(
+                    f"MusiCNN weights at {path} are unreadable ({e}): delete the file and run `sidecar setup`"
+                ) from e
+        self._models, self._sessions = models, {}
 
-        try:
-            state = load_file(str(path))
-            model = load_state(MusicnnMSD(), state)
-        except Exception as e:  # a truncated or foreign file
-            raise EmbedderUnavailable(
-                f"MusiCNN weights at {path} are unreadable ({e}): delete the file and run `sidecar setup`"
-            ) from e
-        model.requires_grad_(False)
-        self._model, self._session = model, None
-
-    def _load_onnx(self, models_dir: Path) -> None:
+    def _load_session(self, models_dir: Path, net: str):
         from .onnx_backend import make_session, onnx_is_current, onnx_path
 
-        path = onnx_path(models_dir)
+        path = onnx_path(models_dir, net)
         if not path.exists():
             raise EmbedderUnavailable(f"MusiCNN ONNX model not found at {path}: run `sidecar setup`")
         try:
@@ -179,51 +195,48 @@ class MusicnnEmbedder(Embedder):
                 f"MusiCNN ONNX model at {path} is unreadable ({e}): delete the file and run `sidecar setup`"
             ) from e
         meta = dict(session.get_modelmeta().custom_metadata_map)
-        if not onnx_is_current(path, weights_path(models_dir), self.version, meta):
+        if not onnx_is_current(path, weights_path(models_dir, net), net, meta):
             raise EmbedderUnavailable(
-                f"MusiCNN ONNX model at {path} is older than the weights or from another version: run `sidecar setup`"
+                f"MusiCNN ONNX model at {path} is older than the weights or from another network or export: run `sidecar setup`"
             )
         names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-        if names[0] != [ONNX_INPUT] or not set(OUTPUT_NAMES) <= set(names[1]):
+        if names[0] != [ONNX_INPUT] or not set(output_names(net)) <= set(names[1]):
             raise EmbedderUnavailable(f"MusiCNN ONNX model at {path} has unexpected inputs/outputs {names}")
-        self._model, self._session = None, session
+        return session
 
     # ---------------------------------------------------------------------------------------------- inference
-    def infer(self, patches: np.ndarray) -> dict[str, np.ndarray]:
-        """Run (n, 187, 96) log-mel patches through the model, in batches.
-
-        Returns float32 arrays: dense_preact (n, 200), penultimate (n, 200), logits (n, 50), taggram (n, 50).
-        """
-        if self._model is None and self._session is None:
-            raise EmbedderUnavailable("MusiCNN is not loaded: call load() first")
+    def infer(self, patches: np.ndarray, network: str = MSD) -> dict[str, np.ndarray]:
+        """Run (n, 187, 96) log-mel patches through one network, in batches. float32 arrays: MSD_musicnn gives
+        dense_preact (n, 200), penultimate (n, 200), logits (n, 50), taggram (n, 50); MTT_vgg pool5 (n, 256),
+        logits, taggram."""
+        session, model = self._sessions.get(network), self._models.get(network)
+        if session is None and model is None:
+            raise EmbedderUnavailable(f"MusiCNN ({network}) is not loaded: call load() first")
         x = np.ascontiguousarray(patches, dtype=np.float32)
         if x.ndim != 3 or x.shape[0] == 0 or x.shape[1:] != (187, 96):
             raise ValueError(f"expected patches of shape (n >= 1, 187, 96), got {x.shape}")
-        outs: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
-        if self._session is not None:
-            session = self._session  # InferenceSession.run is thread-safe
+        names = output_names(network)
+        outs: dict[str, list[np.ndarray]] = {k: [] for k in names}
+        if session is not None:  # InferenceSession.run is thread-safe
             for i in range(0, x.shape[0], BATCH):
-                for k, v in zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {ONNX_INPUT: x[i : i + BATCH]})):
+                for k, v in zip(names, session.run(list(names), {ONNX_INPUT: x[i : i + BATCH]})):
                     outs[k].append(v)
         else:
             import torch
 
-            model = self._model
             with torch.inference_mode():
                 for i in range(0, x.shape[0], BATCH):
                     o = model(torch.from_numpy(x[i : i + BATCH]))
-                    for k in outs:
+                    for k in names:
                         outs[k].append(getattr(o, k).numpy())
         return {k: np.concatenate(v, axis=0) for k, v in outs.items()}
 
     def embed(self, audio: np.ndarray) -> EmbedResult:
-        if self._model is None and self._session is None:
+        if not self._sessions and not self._models:
             raise EmbedderUnavailable("MusiCNN is not loaded: call load() first")
-        out = self.infer(audio_to_patches(audio, self.options.patches))
-        preact = out["dense_preact"]
-        probs = out["taggram"].mean(axis=0)
-        return EmbedResult(
-            vector=preact.mean(axis=0).astype(np.float32),
-            segments=preact.astype(np.float32, copy=False),
-            tags={t: float(p) for t, p in zip(MSD_TAGS, probs)},
-        )
+        patches = audio_to_patches(audio, self.options.patches)
+        msd = self.infer(patches)
+        vgg = None
+        if VGG in self.networks:
+            vgg = self.infer(patches[vgg_patches(len(patches), self.options.vgg_patches)], VGG)
+        return EmbedResult(vector=track_vector(msd, vgg), tags=track_tags(msd, vgg))

@@ -1,7 +1,10 @@
-"""Turn the MSD_musicnn TensorFlow checkpoint shipped in the `musicnn==0.1.0` wheel into a safetensors file
-holding a PyTorch state dict for `model.MusicnnMSD`. numpy only (no TensorFlow, no torch).
+"""Turn the TensorFlow checkpoints shipped in the `musicnn==0.1.0` wheel into safetensors files holding PyTorch
+state dicts: MSD_musicnn and MTT_musicnn for `model.MusicnnMSD`, MSD_vgg and MTT_vgg for `networks.MusicnnVGG`.
+numpy only (no TensorFlow, no torch).
 
-Variable names follow the creation order of `tf.compat.v1.layers` in musicnn/models.py (build_musicnn):
+The VGG networks' variables: '1CNN'..'5CNN' (named in musicnn/models.py: vgg), batch_normalization (input) ..
+batch_normalization_5, dense (256 -> 50). The musicnn networks' variables, in the creation order of
+`tf.compat.v1.layers` in musicnn/models.py (build_musicnn):
 
     batch_normalization          input BN (1 channel)
     conv2d   / batch_normalization_1    timbral 7x38  (204 filters, 'valid' after a 3+3 time pad)
@@ -30,8 +33,12 @@ import numpy as np
 
 from .checkpoint import CheckpointError, read_tensors
 
-__all__ = ["WHEEL_CHECKPOINT_DIR", "tf_to_torch", "convert_checkpoint", "convert_wheel", "TF_MODEL_TENSORS"]
+__all__ = [
+    "NETWORKS", "WHEEL_CHECKPOINT_DIR", "TF_MODEL_TENSORS", "VGG_TF_TENSORS", "tf_to_torch", "vgg_tf_to_torch",
+    "convert_checkpoint", "read_network_checkpoint", "network_state", "convert_wheel",
+]  # fmt: skip
 
+NETWORKS = ("MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg")
 WHEEL_CHECKPOINT_DIR = "musicnn/MSD_musicnn/"
 INDEX_NAME = ".index"
 DATA_NAME = ".data-00000-of-00001"
@@ -109,6 +116,63 @@ def convert_checkpoint(index_bytes: bytes, data_bytes: bytes) -> dict[str, np.nd
     return tf_to_torch(tf)
 
 
+# ------------------------------------------------------------------------------------------------ VGG
+VGG_FILTERS = 128
+_VGG_BN = [("batch_normalization", "input_bn")] + [(f"batch_normalization_{i + 1}", f"bns.{i}") for i in range(5)]
+_VGG_CONV = [(f"{i + 1}CNN", f"convs.{i}", (3, 3, 1 if i == 0 else VGG_FILTERS, VGG_FILTERS)) for i in range(5)]
+VGG_TF_TENSORS: frozenset[str] = frozenset(
+    [f"{tf}/{f}" for tf, _ in _VGG_BN for f in _BN_FIELDS]
+    + [f"{tf}/{f}" for tf, _, _ in _VGG_CONV for f in ("kernel", "bias")]
+    + ["dense/kernel", "dense/bias"]
+)
+
+
+def vgg_tf_to_torch(tf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Map the 34 TF tensors of a musicnn VGG checkpoint to a `networks.MusicnnVGG` state dict."""
+    missing = sorted(VGG_TF_TENSORS - tf.keys())
+    if missing:
+        raise CheckpointError(f"checkpoint lacks VGG tensors: {', '.join(missing)}")
+
+    def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        a = np.asarray(tf[name], dtype=np.float32)
+        if a.shape != shape:
+            raise CheckpointError(f"{name}: shape {a.shape}, expected {shape}")
+        return a
+
+    out: dict[str, np.ndarray] = {}
+    for tfn, tn in _VGG_BN:
+        n = (1,) if tfn == "batch_normalization" else (VGG_FILTERS,)
+        for tff, field in _BN_FIELDS.items():
+            out[f"{tn}.{field}"] = get(f"{tfn}/{tff}", n)
+    for tfn, tn, shape in _VGG_CONV:
+        out[f"{tn}.weight"] = get(f"{tfn}/kernel", shape).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        out[f"{tn}.bias"] = get(f"{tfn}/bias", (shape[3],))
+    out["out.weight"] = get("dense/kernel", (2 * VGG_FILTERS, 50)).T
+    out["out.bias"] = get("dense/bias", (50,))
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------ wheel
+def read_network_checkpoint(wheel: Path, network: str) -> dict[str, np.ndarray]:
+    """The model tensors (crc-checked) of one network's checkpoint inside the musicnn wheel."""
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}: one of {', '.join(NETWORKS)}")
+    folder = f"musicnn/{network}/"
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            index_bytes, data_bytes = zf.read(folder + INDEX_NAME), zf.read(folder + DATA_NAME)
+        except KeyError as e:
+            raise CheckpointError(f"{Path(wheel).name} has no {folder} checkpoint ({e})") from None
+    wanted = VGG_TF_TENSORS if "vgg" in network else TF_MODEL_TENSORS
+    return read_tensors(index_bytes, data_bytes, keep=lambda name: name in wanted)
+
+
+def network_state(wheel: Path, network: str) -> dict[str, np.ndarray]:
+    """A torch state dict (numpy arrays) for `network`, read from the wheel."""
+    tf = read_network_checkpoint(wheel, network)
+    return vgg_tf_to_torch(tf) if "vgg" in network else tf_to_torch(tf)
+
+
 def _save_atomic(tensors: dict[str, np.ndarray], dest: Path, metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
@@ -127,21 +191,16 @@ def _save_atomic(tensors: dict[str, np.ndarray], dest: Path, metadata: dict[str,
         raise
 
 
-def convert_wheel(wheel: Path, dest: Path) -> dict[str, np.ndarray]:
-    """Extract MSD_musicnn from a musicnn wheel and write the torch state dict to `dest` (atomically)."""
-    with zipfile.ZipFile(wheel) as zf:
-        try:
-            index_bytes = zf.read(WHEEL_CHECKPOINT_DIR + INDEX_NAME)
-            data_bytes = zf.read(WHEEL_CHECKPOINT_DIR + DATA_NAME)
-        except KeyError as e:
-            raise CheckpointError(f"{wheel.name} has no {WHEEL_CHECKPOINT_DIR} checkpoint ({e})") from None
-    state = convert_checkpoint(index_bytes, data_bytes)
+def convert_wheel(wheel: Path, dest: Path, network: str = "MSD_musicnn") -> dict[str, np.ndarray]:
+    """Extract one network from a musicnn wheel and write its torch state dict to `dest` (atomically)."""
+    state = network_state(wheel, network)
+    layout = "networks.MusicnnVGG" if "vgg" in network else "model.MusicnnMSD"
     _save_atomic(
         state,
         dest,
         metadata={
-            "source": "PyPI musicnn==0.1.0, musicnn/MSD_musicnn (TensorFlow 1 checkpoint)",
-            "layout": "torch state dict for plugins.embedders.musicnn.model.MusicnnMSD",
+            "source": f"PyPI musicnn==0.1.0, musicnn/{network} (TensorFlow 1 checkpoint)",
+            "layout": f"torch state dict for plugins.embedders.musicnn.{layout}",
             "licence": "ISC, Music Technology Group, Universitat Pompeu Fabra",
         },
     )

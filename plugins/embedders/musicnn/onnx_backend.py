@@ -1,12 +1,14 @@
-"""MusiCNN on ONNX Runtime: export of the PyTorch model to ONNX and the inference session.
+"""MusiCNN on ONNX Runtime: export of the PyTorch networks (MSD_musicnn, MTT_vgg, any of the wheel's four) to ONNX
+and the inference session.
 
-The export (`export_onnx`) goes through `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript; the
+The export (`export_model`) goes through `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript; the
 TorchScript exporter is deprecated in torch 2.13) and then folds constants with onnxscript's optimizer with
 size limits large enough for the front-end convolutions, so that the sign flips of the max-before-activation
 rewrite (`MusicnnMSD._block`) end up in the stored conv weights rather than as run-time Mul nodes. The file
 is validated with `onnx.checker` and against the PyTorch model on a small batch, then moved into place
-atomically. Its metadata records the embedder version and the export revision; `onnx_is_current` tells a
-file that must be exported again.
+atomically. Its metadata records the network and the export revision (not the plugin's version: the file
+depends on the network alone, so processes configured differently can share a models folder); `onnx_is_current`
+tells a file that must be exported again.
 """
 from __future__ import annotations
 
@@ -23,22 +25,26 @@ from sidecar.plugins import EmbedderUnavailable, option_env
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "msd_musicnn.onnx"
 #: ONNX opset of the export: supported by onnxruntime >= 1.14 and the lowest the torch.export-based exporter
 #: writes natively (lower ones go through the ONNX version converter)
 OPSET = 18
 INPUT = "patches"
-OUTPUTS: tuple[str, ...] = ("dense_preact", "penultimate", "logits", "taggram")  # fields of MusicnnOutput
-#: bump when the exported graph changes (opset, outputs, folding) so that existing files are exported again
-EXPORT_REVISION = "1"
-META_VERSION = "sidecar.musicnn.version"
+OUTPUTS: tuple[str, ...] = ("dense_preact", "penultimate", "logits", "taggram")  # fields of model.MusicnnOutput
+VGG_OUTPUTS: tuple[str, ...] = ("pool5", "logits", "taggram")  # fields of networks.VggOutput
+#: bump when the exported graph changes (opset, outputs, folding, the ports) so that existing files are exported again
+EXPORT_REVISION = "2"
+META_NETWORK = "sidecar.musicnn.network"
 META_EXPORT = "sidecar.musicnn.export_revision"
 #: agreement with PyTorch demanded of a fresh export (the TF parity tolerance)
 CHECK_TOL = 1e-4
 
 
-def onnx_path(models_dir: Path) -> Path:
-    return Path(models_dir) / "musicnn" / ONNX_FILE
+def output_names(network: str) -> tuple[str, ...]:
+    return VGG_OUTPUTS if "vgg" in network else OUTPUTS
+
+
+def onnx_path(models_dir: Path, network: str = "MSD_musicnn") -> Path:
+    return Path(models_dir) / "musicnn" / f"{network.lower()}.onnx"
 
 
 def _metadata(path: Path) -> dict[str, str] | None:
@@ -51,15 +57,15 @@ def _metadata(path: Path) -> dict[str, str] | None:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def onnx_is_current(path: Path, weights: Path, version: str, metadata: dict[str, str] | None = None) -> bool:
-    """True if `path` exists, is not older than the weights and was exported for this version and revision."""
+def onnx_is_current(path: Path, weights: Path, network: str, metadata: dict[str, str] | None = None) -> bool:
+    """True if `path` exists, is not older than the weights and was exported from this network at this revision."""
     path, weights = Path(path), Path(weights)
     if not path.exists():
         return False
     if path.stat().st_mtime_ns < weights.stat().st_mtime_ns:
         return False
     meta = _metadata(path) if metadata is None else metadata
-    return meta is not None and meta.get(META_VERSION) == version and meta.get(META_EXPORT) == EXPORT_REVISION
+    return meta is not None and meta.get(META_NETWORK) == network and meta.get(META_EXPORT) == EXPORT_REVISION
 
 
 @contextlib.contextmanager
@@ -78,12 +84,11 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _export_proto(weights: Path):
-    """The ONNX ModelProto of the PyTorch model loaded from `weights` (constants folded)."""
+def _export_proto(model, names: tuple[str, ...]):
+    """The ONNX ModelProto of `model` (a network whose output is a NamedTuple), outputs `names`, constants folded."""
     import torch
-    from safetensors.torch import load_file
 
-    from .model import N_FRAMES, N_MELS, MusicnnMSD, load_state
+    from .model import N_FRAMES, N_MELS
 
     try:
         import onnxscript.optimizer
@@ -93,16 +98,14 @@ def _export_proto(weights: Path):
             f"(pip install onnxscript), or set {option_env('musicnn', 'backend')}=torch"
         ) from e
 
-    model = load_state(MusicnnMSD(), load_file(str(weights))).requires_grad_(False)
-
-    class _Export(torch.nn.Module):  # a tuple of tensors, in OUTPUTS order
-        def __init__(self, m: MusicnnMSD) -> None:
+    class _Export(torch.nn.Module):  # a tuple of tensors, in `names` order
+        def __init__(self, m) -> None:
             super().__init__()
             self.m = m
 
         def forward(self, patches: torch.Tensor):
             o = self.m(patches)
-            return tuple(getattr(o, k) for k in OUTPUTS)
+            return tuple(getattr(o, k) for k in names)
 
     example = torch.zeros(2, N_FRAMES, N_MELS)
     with _quiet_exporter():
@@ -112,7 +115,7 @@ def _export_proto(weights: Path):
             dynamo=True,
             opset_version=OPSET,
             input_names=[INPUT],
-            output_names=list(OUTPUTS),
+            output_names=list(names),
             dynamic_shapes={"patches": {0: torch.export.Dim("batch", min=1)}},
             optimize=False,
             verbose=False,
@@ -128,37 +131,50 @@ def _export_proto(weights: Path):
     proto.graph.value_info.extend(keep)
     for node in proto.graph.node:
         del node.metadata_props[:]
-    return proto, model
+    return proto
 
 
-def export_onnx(weights: Path, dest: Path, version: str) -> Path:
-    """Export the model in `weights` (safetensors) to `dest`, validated, atomically. EmbedderUnavailable on failure."""
-    dest = Path(dest)
+def export_onnx(weights: Path, dest: Path, network: str = "MSD_musicnn") -> Path:
+    """Export `network` from its converted weights (safetensors) to `dest`. EmbedderUnavailable on failure."""
+    from .networks import load_weights
+
     try:
-        proto, model = _export_proto(Path(weights))
+        model = load_weights(Path(weights), network)
+    except Exception as e:
+        raise EmbedderUnavailable(f"could not load the {network} weights at {weights} to export them: {e}") from e
+    return export_model(model, network, dest)
+
+
+def export_model(model, network: str, dest: Path) -> Path:
+    """Export a loaded network (`networks.load_network`/`load_weights`) to `dest`, stamped with its name and the
+    export revision, validated (structure, and numbers against PyTorch), atomically. EmbedderUnavailable on failure."""
+    dest = Path(dest)
+    names = output_names(network)
+    try:
+        proto = _export_proto(model, names)
     except EmbedderUnavailable:
         raise
     except Exception as e:
-        raise EmbedderUnavailable(f"could not export MusiCNN to ONNX: {type(e).__name__}: {e}") from e
+        raise EmbedderUnavailable(f"could not export {network} to ONNX: {type(e).__name__}: {e}") from e
     proto.producer_name = "music-sidecar"
-    proto.doc_string = "MSD_musicnn (musicnn 0.1.0, ISC licence, MTG-UPF): log-mel patches (batch, 187, 96) in"
+    proto.doc_string = f"{network} (musicnn 0.1.0, ISC licence, MTG-UPF): log-mel patches (batch, 187, 96) in"
     del proto.metadata_props[:]
-    for key, value in ((META_VERSION, version), (META_EXPORT, EXPORT_REVISION)):
+    for key, value in ((META_NETWORK, network), (META_EXPORT, EXPORT_REVISION)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     try:
-        _write_validated(proto, model, dest)
+        _write_validated(proto, model, names, dest)
     except EmbedderUnavailable:
         raise
     except OSError as e:
-        raise EmbedderUnavailable(f"could not write the MusiCNN ONNX model to {dest}: {e}") from e
+        raise EmbedderUnavailable(f"could not write the {network} ONNX model to {dest}: {e}") from e
     except Exception as e:  # onnx.checker, shape inference or onnxruntime refusing the file
-        raise EmbedderUnavailable(f"the exported MusiCNN ONNX model is invalid: {type(e).__name__}: {e}") from e
-    log.info("MusiCNN ONNX model written to %s", dest)
+        raise EmbedderUnavailable(f"the exported {network} ONNX model is invalid: {type(e).__name__}: {e}") from e
+    log.info("%s ONNX model written to %s", network, dest)
     return dest
 
 
-def _write_validated(proto, model, dest: Path) -> None:
+def _write_validated(proto, model, names: tuple[str, ...], dest: Path) -> None:
     """Save to a temporary file beside `dest`, check it (structure and numbers), then rename it into place."""
     import onnx
     import torch
@@ -166,7 +182,7 @@ def _write_validated(proto, model, dest: Path) -> None:
     from .model import N_FRAMES, N_MELS
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".msd_musicnn-", suffix=".onnx.tmp", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}-", suffix=".onnx.tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -175,13 +191,13 @@ def _write_validated(proto, model, dest: Path) -> None:
         onnx.checker.check_model(str(tmp), full_check=True)
         # numbers, not just structure: a batch of 3 (the export used 2) of log-mel-like values
         x = np.random.default_rng(0).uniform(0.0, 4.0, (3, N_FRAMES, N_MELS)).astype(np.float32)
-        got = dict(zip(OUTPUTS, make_session(tmp, threads=1).run(list(OUTPUTS), {INPUT: x})))
+        got = dict(zip(names, make_session(tmp, threads=1).run(list(names), {INPUT: x})))
         with torch.inference_mode():
             expected = model(torch.from_numpy(x))
-        for k in OUTPUTS:
+        for k in names:
             err = float(np.abs(got[k] - getattr(expected, k).numpy()).max())
             if not err <= CHECK_TOL:
-                raise EmbedderUnavailable(f"the exported MusiCNN ONNX model differs from PyTorch on {k} by {err:.2e}")
+                raise EmbedderUnavailable(f"the exported ONNX model {dest.name} differs from PyTorch on {k} by {err:.2e}")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

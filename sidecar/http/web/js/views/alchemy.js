@@ -18,9 +18,10 @@ export async function render(root) {
         <div class="picker"><input id="al-sub" type="search" placeholder="Subtract a song…"></div>
         <div class="chips" id="al-sub-chips"></div>
         <label for="al-model">Model</label><select id="al-model"></select>
-        <label for="al-radius">Subtract radius <span class="muted" id="al-radius-v">0.20</span></label>
-        <input id="al-radius" type="range" min="0" max="1" step="0.02" value="0.2">
-        <p class="hint">Candidates within this cosine distance of a subtracted song are filtered out.</p>
+        <label for="al-radius">Subtract radius <span class="muted" id="al-radius-v">auto</span></label>
+        <input id="al-radius" type="range" min="0" max="1" step="0.02" value="0">
+        <p class="hint">Candidates within this cosine distance of a subtracted song are filtered out; auto (far left):
+          each subtracted song's nearest tenth of the library.</p>
         <label for="al-temp">Temperature <span class="muted" id="al-temp-v">0.00</span></label>
         <input id="al-temp" type="range" min="0" max="0.5" step="0.01" value="0">
         <p class="hint">0 takes the closest tracks; higher samples more freely.</p>
@@ -45,7 +46,10 @@ export async function render(root) {
     });
   }
   for (const [id, digits] of [["al-radius", 2], ["al-temp", 2]]) {
-    $(id).addEventListener("input", () => { $(`${id}-v`).textContent = Number($(id).value).toFixed(digits); });
+    $(id).addEventListener("input", () => {
+      const v = Number($(id).value);
+      $(`${id}-v`).textContent = id === "al-radius" && v === 0 ? "auto" : v.toFixed(digits);
+    });
   }
 
   let tracks = [];
@@ -59,7 +63,7 @@ export async function render(root) {
     act($("al-go"), out, async () => {
       const r = await post("/api/alchemy", {
         add: picked.add.map((t) => t.id), subtract: picked.sub.map((t) => t.id), n: Number($("al-n").value),
-        subtract_radius: Number($("al-radius").value), temperature: Number($("al-temp").value), model: $("al-model").value || undefined,
+        subtract_radius: Number($("al-radius").value) || undefined, temperature: Number($("al-temp").value), model: $("al-model").value || undefined,
       });
       tracks = r.results.map(track);
       const filtered = r.filtered_out.map(track);

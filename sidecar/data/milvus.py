@@ -1,0 +1,176 @@
+"""The Milvus calls of the vector store, in one place: the client (Milvus Lite, embedded, or a server), the
+lock Lite needs, the collections' schema and index, and reads that must see every write so far (a server's
+collections default to bounded staleness). Raw vectors in, raw vectors out: VectorStore (store.py) decides
+what they mean."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sidecar.data.lite import LiteServer
+
+log = logging.getLogger(__name__)
+
+ID_FIELD, VECTOR_FIELD, HASH_FIELD = "track_id", "vector", "content_hash"
+HNSW = {"M": 16, "efConstruction": 200}  # a Milvus server's index (Lite keeps FLAT: see FACTS.md)
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def quoted(ids) -> str:
+    return ", ".join('"' + str(i).replace('"', "") + '"' for i in ids)
+
+
+class Milvus:
+    def __init__(self, uri: str, token: str = ""):
+        self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        # Milvus Lite gains nothing from concurrent calls; a server does, and its client is thread-safe. Reentrant:
+        # a write that completes an upgrade drops the previous collection while holding it.
+        self.lock = threading.RLock() if self.is_lite else contextlib.nullcontext()
+        self.lite: LiteServer | None = None
+        from pymilvus import MilvusClient  # slow import: keep it off module import
+
+        try:
+            if self.is_lite:
+                self.lite = LiteServer(Path(uri))
+            self.client = MilvusClient(uri=self.lite.uri if self.lite else uri, token=token)
+        except Exception as e:
+            if self.lite is not None:
+                self.lite.close()
+            if "DataDirLocked" in type(e).__name__ or "lock" in str(e).lower():
+                raise StoreError(
+                    f"the vector store {uri} is open in another process (a running `sidecar serve`?). "
+                    "Stop it first, or ask the running sidecar over HTTP."
+                ) from None
+            raise StoreError(f"cannot open the vector store at {uri}: {e}") from None
+
+    def close(self) -> None:
+        with self.lock:
+            self.client.close()
+            if self.lite is not None:
+                self.lite.close()
+
+    @property
+    def strong(self) -> dict:
+        """Reads that must see every write so far: a server's collections default to bounded staleness."""
+        return {} if self.is_lite else {"consistency_level": "Strong"}
+
+    # ---- collections
+    def ensure(self, name: str, dim: int | None, *, pk_length: int = 64, track_field: bool = False) -> int:
+        """Create (with `dim`) if missing, and load; the dimension it holds. A segment collection (`track_field`)
+        of another dimension is dropped and made again: nothing searches segments."""
+        from pymilvus import DataType
+
+        with self.lock:
+            if self.client.has_collection(name):
+                fields = self.client.describe_collection(name)["fields"]
+                have = next(int(f["params"]["dim"]) for f in fields if f["name"] == VECTOR_FIELD)
+                if track_field and have != dim:
+                    log.warning("dropping the segment collection %s: %d-d vectors, now %d-d", name, have, dim)
+                    self.client.drop_collection(name)
+                dim = have if dim is None else dim
+            if not self.client.has_collection(name):
+                schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+                schema.add_field("id" if track_field else ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=pk_length)
+                if track_field:
+                    schema.add_field(ID_FIELD, DataType.VARCHAR, max_length=64)
+                schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+                schema.add_field(HASH_FIELD, DataType.VARCHAR, max_length=64)
+                index = self.client.prepare_index_params()
+                if self.is_lite:  # exact, and nothing to build in the background (see FACTS.md on Lite's HNSW files)
+                    index.add_index(field_name=VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
+                else:
+                    index.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE", params=HNSW)
+                self.client.create_collection(name, schema=schema, index_params=index)
+                if track_field:
+                    scalar = self.client.prepare_index_params()
+                    # Lite builds only INVERTED scalar indexes; a 2.3 server refuses it for strings and wants Trie
+                    scalar.add_index(field_name=ID_FIELD, index_type="INVERTED" if self.is_lite else "Trie")
+                    self.client.create_index(name, scalar)
+            self.client.load_collection(name)  # reopened collections are not loaded
+        return dim
+
+    def drop(self, name: str) -> None:
+        with self.lock:
+            if self.client.has_collection(name):  # another process may have dropped it first
+                self.client.drop_collection(name)
+
+    def exists(self, name: str) -> bool:
+        with self.lock:
+            return self.client.has_collection(name)
+
+    # ---- reads
+    def count(self, name: str) -> int:
+        with self.lock:
+            self.client.load_collection(name)  # a no-op when loaded; reopened ones are not
+            res = self.client.query(name, filter="", output_fields=["count(*)"], **self.strong)
+        return int(res[0]["count(*)"])
+
+    def _catch_up(self, name: str) -> None:
+        """pymilvus's iterator cannot ask a 2.3 server for strong consistency (it falls back to a client-side
+        timestamp and may miss the latest writes); a strong query first makes the server catch up with every one."""
+        if not self.is_lite:
+            self.client.query(name, filter="", output_fields=["count(*)"], **self.strong)
+
+    def ids(self, name: str) -> list[str]:
+        """Every stored track id, duplicates included."""
+        out: list[str] = []
+        with self.lock:
+            self.client.load_collection(name)
+            self._catch_up(name)
+            it = self.client.query_iterator(name, batch_size=1000, filter="", output_fields=[ID_FIELD])
+            while batch := it.next():
+                out += [r[ID_FIELD] for r in batch]
+            it.close()
+        return out
+
+    def batches(self, name: str, batch_size: int = 8192, filter: str = "") -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors), a batch at a time, as written so far (strong consistency on a server)."""
+        with self.lock:
+            self._catch_up(name)
+            it = self.client.query_iterator(name, batch_size=batch_size, filter=filter, output_fields=[ID_FIELD, VECTOR_FIELD])
+            while batch := it.next():
+                yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
+            it.close()
+
+    def fetch(self, name: str, track_ids: list[str], *, strong: bool = False) -> dict[str, np.ndarray]:
+        """The tracks' vectors. `strong` waits until every write so far is visible (tenths of a second on a
+        server); a query does not need it (a vector a few seconds new may be missed)."""
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(track_ids), 1000):
+            with self.lock:
+                rows = self.client.get(
+                    name, ids=list(track_ids[i : i + 1000]), output_fields=[ID_FIELD, VECTOR_FIELD],
+                    **(self.strong if strong else {}),
+                )
+            out.update({r[ID_FIELD]: np.asarray(r[VECTOR_FIELD], np.float32) for r in rows})
+        return out
+
+    def search(self, name: str, queries: np.ndarray, limit: int, *, vectors: bool = False) -> list[list[tuple]]:
+        """Per query, (track id, cosine) best first, or (track id, vector) with `vectors`."""
+        limit = max(1, min(limit, 16384))  # Milvus's top-k limit
+        params = {"metric_type": "COSINE", "params": {"ef": max(64, limit)}}
+        with self.lock:
+            res = self.client.search(name, np.asarray(queries, np.float32).tolist(), limit=limit, search_params=params,
+                                     output_fields=[VECTOR_FIELD] if vectors else [])
+        if vectors:
+            return [[(h.id, np.asarray(h["entity"][VECTOR_FIELD], np.float32)) for h in hits] for hits in res]
+        return [[(h.id, float(h["distance"])) for h in hits] for hits in res]
+
+    def sample(self, name: str, library_size: int, size: int) -> Iterator[np.ndarray]:
+        """About `size` of the stored vectors, at random: track ids are random hex (uuid4), so those below a bound
+        are a random subset; every vector of a library under twice `size`."""
+        bound = "" if library_size <= 2 * size else f'{ID_FIELD} < "{int(16**4 * size / library_size):04x}"'
+        got = 0
+        for _, vectors in self.batches(name, 4096, bound):
+            yield vectors
+            got += len(vectors)
+            if got >= 2 * size:  # ids that are not random (a synthetic library): enough anyway
+                break
