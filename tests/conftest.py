@@ -24,6 +24,16 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def wheel() -> Path:
+    """The musicnn wheel itself (its TensorFlow checkpoints), downloaded once into the cache."""
+    from plugins.embedders.musicnn import download_wheel
+
+    folder = CACHE / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    return download_wheel(folder)
+
+
+@pytest.fixture(scope="session")
 def demo_tracks() -> list[Path]:
     """Real, freely licensed music (OGG and MP3) from Debian packages, fetched once."""
     from sidecar.demo import fetch_demo_library

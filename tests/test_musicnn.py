@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.embedders.musicnn import MSD_TAGS, MTT_TAGS, MusicnnEmbedder, download_wheel, weights_path
+from plugins.embedders.musicnn import MSD_TAGS, MTT_TAGS, MusicnnEmbedder, weights_path
 from plugins.embedders.musicnn.checkpoint import (
     CheckpointError,
     crc32c,
@@ -36,7 +36,7 @@ from plugins.embedders.musicnn.model import MusicnnMSD, load_state
 from plugins.embedders.musicnn.preprocess import PATCH_FRAMES, audio_to_patches
 from plugins.embedders.musicnn.recipe import MSD, VGG
 from sidecar.plugins import EmbedderUnavailable
-from tests.conftest import CACHE, MUSICNN_REFERENCE
+from tests.conftest import MUSICNN_REFERENCE
 
 CLIPS = ("mix", "heavy", "soft")
 TOL = 1e-4
@@ -69,14 +69,6 @@ def musicnn(models_dir) -> MusicnnEmbedder:
     e.prepare(models_dir)
     e.load(models_dir)
     return e
-
-
-@pytest.fixture(scope="session")
-def wheel() -> Path:
-    """The musicnn wheel itself (for the checkpoint-reader tests), downloaded once into the cache."""
-    folder = CACHE / "wheels"
-    folder.mkdir(parents=True, exist_ok=True)
-    return download_wheel(folder)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.embedders.musicnn import download_wheel
 from plugins.embedders.musicnn.checkpoint import CheckpointError
 from plugins.embedders.musicnn.convert import convert_checkpoint
 from plugins.embedders.musicnn.networks import (
@@ -24,7 +23,7 @@ from plugins.embedders.musicnn.networks import (
     tags_of,
     vgg_tf_to_torch,
 )
-from tests.conftest import CACHE, MUSICNN_REFERENCE
+from tests.conftest import MUSICNN_REFERENCE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "musicnn_networks"
 CLIPS = ("mix", "heavy", "soft")
@@ -34,13 +33,6 @@ OUTPUTS = {
     "MSD_vgg": ("pool5", "logits", "taggram"),
     "MTT_vgg": ("pool5", "logits", "taggram"),
 }
-
-
-@pytest.fixture(scope="session")
-def wheel() -> Path:
-    folder = CACHE / "wheels"
-    folder.mkdir(parents=True, exist_ok=True)
-    return download_wheel(folder)
 
 
 @pytest.fixture(scope="session")
