@@ -89,3 +89,7 @@ async def test_zero_shot_uses_the_librarys_own_genre_artist_and_album_words(open
         sc.catalog._q("UPDATE tracks SET genre = 'Chiptune', updated_at = updated_at + 1 WHERE track_id = ?", (t,))
     r = sc.text.recommend(TextRecommendationRequest(text="chiptune", method="tags", limit=3))
     assert {t.track_id for t in r.tracks} == set(chosen) and "metadata" in r.tracks[0].reasons
+    # a word on every track tells nothing about any one of them: it lifts none
+    sc.catalog._q("UPDATE tracks SET genre = 'Chiptune', updated_at = updated_at + 1")
+    r = sc.text.recommend(TextRecommendationRequest(text="chiptune", method="tags", limit=10))
+    assert r.tracks and not any("metadata" in t.reasons for t in r.tracks)

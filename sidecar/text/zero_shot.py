@@ -91,6 +91,7 @@ class LibraryIndex:
         # fewer of them than tracks), and each track points at its values
         self.words: list[str] = []
         self.word_vectors = np.zeros((0, encoder.dim), np.float32)
+        self.word_weight = np.zeros(1, np.float32)  # per word, and 0 for "no value" (index -1)
         self.track_words = np.zeros((0, len(METADATA_FIELDS)), np.int64)  # index into words, -1: none
 
     def refresh(self) -> None:
@@ -111,13 +112,24 @@ class LibraryIndex:
                 self.word_vectors = np.concatenate([self.word_vectors, self.encoder.encode(new)])
                 self.words += new
             self.track_words = np.frombuffer(meta, np.int64).reshape(len(ids), len(METADATA_FIELDS))
+            # how much a word tells: log(tracks / tracks carrying it) / log(tracks): 1 for one track's word, 0 for
+            # a word on every track (a genre "Soundtrack" on most of a library says little about any one track)
+            tw = self.track_words
+            once = tw >= 0  # each word once per track (an album named like its artist counts once)
+            for j in range(1, tw.shape[1]):
+                once[:, j] &= (tw[:, :j] != tw[:, j : j + 1]).all(axis=1)
+            df = np.bincount(tw[once], minlength=len(self.words)).astype(np.float64)
+            n = max(len(ids), 2)
+            self.word_weight = np.append(np.clip(np.log(n / np.maximum(df, 1)) / np.log(n), 0.0, 1.0), 0.0).astype(np.float32)
             self._stamp = stamp
 
     def metadata_similarity(self, clause_vectors: np.ndarray) -> np.ndarray:
-        """Per track, the best similarity of any clause to its genre, artist or album (0 where it has none)."""
+        """Per track, the best similarity of any clause to its genre, artist or album (0 where it has none or it is
+        below METADATA_MIN_SIMILARITY), times how much that word tells (word_weight)."""
         if not len(self.words) or not len(self.track_ids):
             return np.zeros(len(self.track_ids), np.float32)
         per_word = np.append((clause_vectors @ self.word_vectors.T).max(axis=0), 0.0).astype(np.float32)  # -1: no value
+        per_word = np.where(per_word >= METADATA_MIN_SIMILARITY, per_word * self.word_weight, 0.0).astype(np.float32)
         best = per_word[self.track_words[:, 0]]
         for j in range(1, len(METADATA_FIELDS)):  # column by column: a max over a 3-wide axis is slow in numpy
             np.maximum(best, per_word[self.track_words[:, j]], out=best)
@@ -212,7 +224,7 @@ class ZeroShotSearch:
         if positive and len(idx.words):
             msim = idx.metadata_similarity(self.clause_vectors(positive))
             spread = float(score.max() - score.min()) or 1.0
-            lift = np.where(msim >= METADATA_MIN_SIMILARITY, msim * spread, 0.0).astype(np.float32)
+            lift = (msim * spread).astype(np.float32)
             score += lift
             parts.append(("metadata", 1.0, lift))
         order = top_k(score, limit)
