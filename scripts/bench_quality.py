@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         qt.run_text(lib, out)
     if "duplicates" in parts:
         run_duplicates(lib, out, DEFAULT_RECIPE, compute=not args.cached_only)
+        run_projection(lib, out)
     if "cost" in parts:
         run_cost(lib, out)
     if "service" in parts:
@@ -568,6 +569,43 @@ DESCRIPTORS = ("dynamics_db", "percussiveness", "brightness", "key_strength")
 def _dur_ok(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Durations compatible with a copy of the same recording: at most 8 s + 3% apart (trims, codec padding)."""
     return np.abs(a - b) <= 8 + 0.03 * np.maximum(a, b)
+
+
+def run_projection(lib: Library, out: list[str]) -> None:
+    """The mirror's projection (sidecar/data/space.py: PROJECT leading directions) on real music: the corpus and
+    the duplicate benchmark's altered copies as one library (over 2 x PROJECT tracks, so it is projected), the
+    space fitted on all of it; recall@10 of the projected search against the full space, and the metrics of the
+    corpus tracks. Needs the copies' features (run the duplicates part once)."""
+    from plugins.embedders.musicnn import VGG_PATCHES
+    from plugins.embedders.musicnn.recipe import space, track_vector
+    from sidecar.data import space as space_module
+    from sidecar.data.space import Space
+
+    tracks = qc.build(verbose=False)
+    copies = [f"{t.id}~{v}" for t in qc.duplicate_originals(tracks) for v in qc.DUP_VARIANTS]
+    dfeats = qc.load_features(copies, root=qc.CACHE / "dup_features")
+    raw = np.stack([track_vector(*plugin_outputs(f, VGG_PATCHES)) for f in lib.feats + list(dfeats.values())])
+    out.append(f"\n### The mirror's projection ({len(lib.ids)} corpus tracks + {len(dfeats)} altered copies = {len(raw)} "
+               "tracks, fitted on all)\n")
+    out.append("| dimensions kept | recall@10 vs the full space | dev album P@10 | dev style P@10 | test album P@10 | test style P@10 |")
+    out.append("|---|---:|---:|---:|---:|---:|")
+    default = space_module.PROJECT
+    try:
+        full = None
+        for k in (0, 256, default, 128, 64):
+            space_module.PROJECT = k or 10**6
+            sp = Space.of(space(True), raw.shape[1]).fitted(raw, len(raw))
+            t = sp.transform(raw)
+            full = unit(t) if full is None else full
+            held = unit(sp.lift(sp.project(t)))
+            near_full, near_held = similarity(full), similarity(held)
+            recall = np.mean([len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10 for a, b in zip(near_full, near_held)])
+            r = {split: evaluate(lib, similarity(held[: len(lib.ids)]), split) for split in ("dev", "test")}
+            name = "all (no projection)" if not k else f"**{k} (the default)**" if k == default else str(k)
+            out.append(f"| {name} | {recall:.3f} | {r['dev']['album_p10']:.3f} | {r['dev']['style_p10']:.3f} | "
+                       f"{r['test']['album_p10']:.3f} | {r['test']['style_p10']:.3f} |")
+    finally:
+        space_module.PROJECT = default
 
 
 def run_duplicates(lib: Library, out: list[str], recipe: Recipe, compute: bool = True) -> None:
