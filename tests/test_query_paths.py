@@ -59,8 +59,11 @@ def reference_search(sc, prompt: str, negatives: list[str]) -> dict[str, tuple[f
     values = sorted({str(r[k]) for r in rows for k in METADATA_FIELDS if r[k]})
     if positive and values:
         sim = dict(zip(values, (sc.text.encoder.encode(positive) @ sc.text.encoder.encode(values).T).max(axis=0)))
-        msim = np.array([max([sim[str(r[k])] for k in METADATA_FIELDS if r[k]], default=0.0) for r in rows])
-        lift = np.where(msim >= METADATA_MIN_SIMILARITY, msim * ((score.max() - score.min()) or 1.0), 0.0)
+        carrying = {v: sum(v in {str(r[k]) for k in METADATA_FIELDS if r[k]} for r in rows) for v in values}
+        told = {v: np.log(max(n, 2) / carrying[v]) / np.log(max(n, 2)) for v in values}  # a rare word tells more
+        msim = np.array([max([sim[str(r[k])] * told[str(r[k])] if sim[str(r[k])] >= METADATA_MIN_SIMILARITY else 0.0
+                              for k in METADATA_FIELDS if r[k]], default=0.0) for r in rows])
+        lift = msim * ((score.max() - score.min()) or 1.0)
         score += lift
         parts.append(("metadata", 1.0, lift))
     out = {}
