@@ -33,10 +33,8 @@ class Mirror:
 
     def vectors(self, rows: list[int] | None = None) -> np.ndarray:
         """The vectors of these rows (all: None), in the space, as a new array."""
-        held = self._mat[: len(self.ids)] if rows is None else self._mat[rows]
-        if self.space is None:
-            return held.copy()
-        return np.concatenate([self._lift(held[i : i + CHUNK]) for i in range(0, len(held), CHUNK)]) if len(held) else np.zeros((0, self.dim), np.float32)
+        out = self._lift(self._mat[: len(self.ids)] if rows is None else self._mat[rows])
+        return out.copy() if np.shares_memory(out, self._mat) else out
 
     def put(self, ids: list[str], vectors: np.ndarray, *, settle: bool = True) -> None:
         """Raw vectors in (transformed here with the space's current statistics). `settle`: refit the space

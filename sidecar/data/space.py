@@ -11,11 +11,11 @@ the same quality on the labelled corpus (docs/QUALITY.md) at the memory and sear
 (docs/PERFORMANCE.md). Everything outside the mirror sees the full transformed space, whose dimension never
 changes as the library grows.
 
-The statistics follow the library as it grows (`due`): fitted once it has MIN_FIT tracks, again each time it
-has doubled, and then kept once fitted over FREEZE tracks or more: statistics from 30 random tracks already
-gave nearly the whole library's gains (.cache/quality/REPORT.md), and frozen statistics keep every vector the
-mirror holds comparable with new ones without a second copy of the raw vectors (the mirror keeps the raw ones
-only until then: at most 2 x FREEZE rows).
+The statistics follow the library (`due`): fitted once it has MIN_FIT tracks, again each time it has doubled
+or halved, and then kept once fitted over FREEZE tracks or more: statistics from 30 random tracks already gave
+nearly the whole library's gains (.cache/quality/REPORT.md), and frozen statistics keep every vector the mirror
+holds comparable with new ones without a second copy of the raw vectors (the mirror keeps the raw ones only
+until then: fewer than FREEZE rows).
 """
 from __future__ import annotations
 

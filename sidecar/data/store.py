@@ -122,7 +122,7 @@ class VectorStore:
                 if not c.pending:
                     self._switch(model, c)
             if self.mirror and self.is_lite:
-                # Loaded, Lite keeps a second, normalised copy of every vector to search (80 MB at 100k x 200-d);
+                # Loaded, Lite keeps a second, normalised copy of every vector to search (0.4 GB at 100k x 1,012-d);
                 # the mirror answers every read, and writes work on a released collection.
                 with self.milvus.lock:
                     for name in {c.read, c.write}:
