@@ -255,6 +255,32 @@ def plugin_space(feats: list[dict[str, np.ndarray]], vgg_budget: int | None = No
     return sp.lift(sp.project(sp.transform(raw)))  # as the mirror holds them (projected past 2 x PROJECT tracks)
 
 
+def neighbourhood_mean(x: np.ndarray, k: int, a: float) -> np.ndarray:
+    """Database-side augmentation: each track's vector replaced by the mean of its k nearest (itself included),
+    weighted by cosine^a."""
+    u = unit(np.asarray(x, np.float64))
+    s = u @ u.T
+    near = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    w = np.take_along_axis(s, near, 1).clip(0) ** a
+    return unit(np.einsum("nk,nkd->nd", w, u[near]))
+
+
+def shared_neighbours(sim: np.ndarray, k: int, weight: float) -> np.ndarray:
+    """Cosine blended with the share of k nearest two tracks have in common (both standardised)."""
+    near = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    member = np.zeros_like(sim)
+    np.put_along_axis(member, near, 1.0, 1)
+    return _blend([(sim, 1 - weight), (member @ member.T / k, weight)])
+
+
+def _blend(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Weighted sum of similarity matrices, each standardised over its pairs (the diagonal stays -inf)."""
+    off = ~np.eye(len(parts[0][0]), dtype=bool)
+    out = sum(w * (s - s[off].mean()) / s[off].std() for s, w in parts)
+    np.fill_diagonal(out, -np.inf)
+    return out
+
+
 def baseline(lib: Library) -> np.ndarray:
     """The plain MusiCNN vector: mean over the 24 patches of MSD_musicnn's dense layer before ReLU."""
     return lib.pooled("MSD_musicnn.dense_preact")
@@ -300,6 +326,9 @@ def candidate_spaces(lib: Library) -> dict[str, np.ndarray]:
     coarse = (Block("msd", 400, 1.0, (1.0,) * 200 + (0.5,) * 200), Block("mtt_vgg", 512, 1.0, (1.0,) * 256 + (0.5,) * 256),
               Block("tags", 100, 0.5))  # fmt: skip
     c["plugin default vector, 3 coarse blocks"] = plugin_space(lib.feats, blocks=coarse)
+    # the default space smoothed by each track's neighbourhood (no labels): a stabler picture of a track's style?
+    for k, a in ((5, 3), (12, 3), (12, 8)):
+        c[f"plugin default + neighbourhood mean (k={k}, a={a})"] = neighbourhood_mean(c["plugin default: MSD + MTT_vgg on 12 patches, the store's space"], k, a)
     # DSP alone
     c["DSP vector, raw"] = dsp
     c["DSP vector, z"] = unit(zscore(dsp))
@@ -352,14 +381,18 @@ def run_similarity(lib: Library, show_all: bool, out: list[str]) -> dict:
     styles = sorted(set(lib.style) - {""})
     spaces = candidate_spaces(lib)
     sims = {name: similarity(x) for name, x in spaces.items()}
-    base_name = next(iter(spaces))
     # union merges of two models' ranked lists (the recommender's `union`), beside the fused vector of the same two
     pairs = {
         "union(MSD dense z, DSP z)": ("MSD dense mean, z", "DSP vector, z"),
         "union(MSD dense z, MTT_musicnn z)": ("MSD dense mean, z", "MTT_musicnn dense_preact mean, z"),
     }
+    base_name = next(iter(spaces))
     for name, (a, b) in pairs.items():
         sims[name] = union_similarity([sims[a], sims[b]])
+    default = "plugin default: MSD + MTT_vgg on 12 patches, the store's space"
+    for k in (10, 20):
+        sims[f"plugin default, blended with shared neighbours (k={k}, 0.3)"] = shared_neighbours(sims[default], k, 0.3)
+    sims["plugin default, blended with the baseline's cosine (0.5)"] = _blend([(sims[default], 0.5), (sims[base_name], 0.5)])
     res = {split: {name: evaluate(lib, s, split) for name, s in sims.items()} for split in ("dev", "test")}
     rnd = {split: evaluate_random(lib, split) for split in ("dev", "test")}
     dev_gain = {n: objective(res["dev"][n], res["dev"][base_name]) for n in sims}
@@ -442,7 +475,34 @@ def _summary_rows(ranked: list[str], base: str, best: str) -> list[str]:
     return [n for n in ranked if n in set(keep)]
 
 
-PARTS = ("similarity", "text", "duplicates", "cost", "service")
+def run_probe(lib: Library, out: list[str]) -> None:
+    """How much of each style the features carry from one set of albums to another: a linear classifier (logistic
+    regression) trained on the labelled tracks of the dev albums and scored on the test albums, and the reverse.
+    No similarity space can bring together tracks of one style that this supervised probe cannot tell apart."""
+    from sklearn.linear_model import LogisticRegression
+
+    styles = sorted(set(lib.style) - {""})
+    default = plugin_space(lib.feats)
+    features = {
+        "baseline: MSD_musicnn patch mean (z)": unit(zscore(baseline(lib))),
+        "plugin default (the store's space)": unit(default),
+        "all four networks, patch mean and tags (z)": fuse([(block(lib, f"{n}.{EMB[n]}"), 1.0) for n in NETS] + [(tags_vector(lib, NETS), 1.0)]),
+        "DSP vector (z)": zscore(lib.dsp()),
+    }
+    out.append("\n## What the features carry across albums: a supervised probe\n\n"
+               "A linear classifier of the five styles, trained on one split's labelled tracks and scored on the other's "
+               "(per style: the share of its tracks classified right).\n")  # fmt: skip
+    out.append("| features | trained on | scored on | accuracy | " + " | ".join(styles) + " |\n|---|---|---|---:|" + "---:|" * len(styles))
+    for name, x in features.items():
+        for train, score in (("dev", "test"), ("test", "dev")):
+            tr, te = (lib.split == train) & (lib.style != ""), (lib.split == score) & (lib.style != "")
+            pred = LogisticRegression(C=1.0, max_iter=5000).fit(x[tr], lib.style[tr]).predict(x[te])
+            truth = lib.style[te]
+            per = [f"{np.mean(pred[truth == st] == st):.2f}" for st in styles]
+            out.append(f"| {name} | {train} | {score} | {np.mean(pred == truth):.2f} | " + " | ".join(per) + " |")
+
+
+PARTS = ("similarity", "probe", "text", "duplicates", "cost", "service")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     out: list[str] = [f"# Recommendation quality ({len(lib.ids)} real tracks)"]
     if "similarity" in parts:
         run_similarity(lib, args.show_all, out)
+    if "probe" in parts:
+        run_probe(lib, out)
     if "text" in parts:
         import quality_text as qt
 
