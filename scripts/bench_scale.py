@@ -8,9 +8,10 @@ standalone server (the PyPI `milvus` package), started and stopped here as the t
    .cache/music) analysed by one worker, then by two in one consumer group, each on a fresh topic, catalog and
    collections; each worker with SIDECAR_INGEST_WORKERS=1 (one analysis thread), so the ratio is the scale-out
    of processes. Tracks/hour counts from the first event published to the last result in the catalog.
-2. Queries: a synthetic library of N clustered 200-d vectors written straight into the Milvus server and the
-   catalog; `sidecar api` started once with the mirror (default) and once with SIDECAR_VECTOR_MIRROR=false;
-   GET /api/similar_tracks p50/p99 over HTTP, recall@25 against exact brute force, resident memory.
+2. Queries: a synthetic library of N clustered vectors (1,012-d musicnn, 52-d dsp) written straight into the
+   Milvus server and the catalog; `sidecar api` started once with the mirror (default) and once with
+   SIDECAR_VECTOR_MIRROR=false; GET /api/similar_tracks p50/p99 over HTTP, recall@25 against exact brute force,
+   resident memory.
 
     .venv/bin/python scripts/bench_scale.py                      # 40 tracks, 100k vectors
     .venv/bin/python scripts/bench_scale.py --tracks 20 --vectors 20000 --requests 100
@@ -99,7 +100,7 @@ def ingest(workers: int, tracks: list[Path], work: Path, bootstrap: str, pg: Pos
 
 
 def build_vectors(n: int, catalog_url: str, milvus_uri: str, seed: int = 0) -> None:
-    """n clustered 200-d musicnn vectors (and 52-d dsp ones) in Milvus and their tracks in the catalog."""
+    """n clustered musicnn vectors (1,012-d) and 52-d dsp ones in Milvus and their tracks in the catalog."""
     from sidecar.data.catalog import Catalog
     from sidecar.data.store import VectorStore
 

@@ -60,6 +60,7 @@ NEGATED: dict[str, tuple[str, ...]] = {
     "orchestral": ("music without an orchestra",), "electronic": ("no electronic music",), "ambient": ("not ambient",),
     "metal": ("no metal",), "tracker": ("anything but chiptune", ),
 }  # fmt: skip
+FEEDBACK = "MSD + MTT_vgg tags, + the audio of the first 10 (feedback; tried)"
 SETUPS = {  # name -> the network whose MTT tags the analysis stores beside the MSD tags, or None
     "MSD tags (a library analysed before the MTT tags)": None,
     "MSD + MTT_vgg tags (the analysis: MTT_vgg on 12 patches)": "MTT_vgg",
@@ -87,8 +88,10 @@ def library_rows(lib, mtt: str | None) -> list[dict]:
     return rows
 
 
-def rank_prompts(rows: list[dict], prompts: list[str]) -> dict[str, list[int]]:
-    """Each prompt's ranking of the whole library (row numbers, best first) by the `sidecar` on sys.path."""
+def rank_prompts(rows: list[dict], prompts: list[str], feedback: tuple[np.ndarray, int, float] | None = None) -> dict[str, list[int]]:
+    """Each prompt's ranking of the whole library (row numbers, best first) by the `sidecar` on sys.path.
+    `feedback` (tried, not in the product): (audio vectors by row, m, beta): the ranking by the score plus beta
+    times the cosine to the mean audio vector of the first m (pseudo-relevance feedback; both standardised)."""
     from sidecar.data.catalog import Catalog
     from sidecar.plugins.loader import load_text_encoder
     from sidecar.text.zero_shot import ZeroShotSearch
@@ -106,8 +109,21 @@ def rank_prompts(rows: list[dict], prompts: list[str]) -> dict[str, list[int]]:
             row_of[track_id] = i
         search = ZeroShotSearch(catalog, load_text_encoder("minilm", REPO / ".cache" / "models"))
         out = {p: [row_of[t.track_id] for t in search.search(p, [], len(rows))[0]] for p in prompts}
+        if feedback is not None:
+            audio, m, beta = feedback
+            for p in prompts:
+                score = np.zeros(len(rows))
+                for t in search.search(p, [], len(rows))[0]:
+                    score[row_of[t.track_id]] = t.score
+                near = audio @ audio[out[p][:m]].mean(axis=0)
+                blended = _standard(score) + beta * _standard(near)
+                out[p] = np.argsort(-blended, kind="stable").tolist()
         catalog.close()
     return out
+
+
+def _standard(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() or 1.0)
 
 
 def rank_prompts_at(rev: str, rows: list[dict], prompts: list[str]) -> dict[str, list[int]]:
@@ -143,6 +159,11 @@ def run_text(lib, out: list[str]) -> dict:
     answers = {f"today's product ({BASELINE_REV[:7]}, MSD tags)": rank_prompts_at(BASELINE_REV, library_rows(lib, None), every)}
     for name, mtt in SETUPS.items():
         answers[name] = rank_prompts(library_rows(lib, mtt), every)
+    # tried, not adopted: the default analysis's ranking blended with the audio of its first 10 (the store's space)
+    from bench_quality import plugin_space, unit
+
+    audio = unit(plugin_space(lib.feats))
+    answers[FEEDBACK] = rank_prompts(library_rows(lib, "MTT_vgg"), every, (audio, 10, 1.0))
     out.append("\n## Text prompts through the product's zero-shot search (metadata not used)\n\n"
                f"P@min(10, n) among the labelled tracks of the dev albums ({int(splits['dev'].sum())}), of the test albums "
                f"({int(splits['test'].sum())}) and of all ({int(labelled.sum())}); calibration statistics: the whole library "
