@@ -237,3 +237,33 @@ def test_word_search_needs_every_word_ignores_case_and_takes_wildcards_literally
     assert find("100__") == [] and find("1%0") == []  # % and _ are letters here, not wildcards
     assert find("ab") == [] and find("song", start=5, end=5) == []  # too short, as AudioMuse-AI; an empty page
     assert [h.item_id for h in find("song", start=5, end=8)] == [h.item_id for h in find("song", end=8)][5:]
+
+
+def test_the_artist_index_holds_vectors_as_the_mirror_does_with_the_spaces_cosines(tmp_path, monkeypatch):
+    """A wide space is held projected (fewer numbers); the artists' cosines and the artist vector alchemy adds
+    are those of the model's space all the same."""
+    from sidecar.data import space as space_module
+    from sidecar.data.mirror import Mirror
+    from sidecar.data.space import Space
+    from sidecar.explore.artists import artist_index, artist_vector
+    from sidecar.explore.state import ExploreCaches
+    from tests.test_vector_space import BLOCKS, library
+
+    monkeypatch.setattr(space_module, "PROJECT", 6)
+    raw = library(400, seed=5)
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    ids = [catalog.resolve_track(f"/music/{i}.ogg", f"h{i}", 1, 1, {"duration_s": 60.0, "artist": f"Artist {i % 20}"})[0]
+           for i in range(400)]  # fmt: skip
+    store = MirrorStore({})
+    store.mirrors["m"] = Mirror(raw.shape[1], Space.of(BLOCKS, raw.shape[1]))
+    store.mirrors["m"].put(ids, raw)
+    index = artist_index(catalog, store, ExploreCaches(), "m")
+    assert index.unit.shape == (400, 6) and index.centroids.shape == (20, 6)  # held: 6 numbers, not 13
+    _, full = store.stacked("m", index.track_ids)  # in the model's space
+    assert full.shape == (400, raw.shape[1])
+    u = unit(full)
+    centroids = unit(np.stack([u[m].mean(axis=0) for m in index.members]))
+    assert np.allclose(index.centroids @ index.centroids.T, centroids @ centroids.T, atol=1e-5)
+    row = index.by_key["artist 3"]
+    assert np.allclose(artist_vector(store, index, row, "m"), centroids[row], atol=1e-5)
+    catalog.close()

@@ -39,7 +39,7 @@ class Milvus:
 
         try:
             if self.is_lite:
-                self.lite = LiteServer(Path(uri))
+                self.lite = LiteServer(Path(uri), self.lock)
             self.client = MilvusClient(uri=self.lite.uri if self.lite else uri, token=token)
         except Exception as e:
             if self.lite is not None:
@@ -63,9 +63,9 @@ class Milvus:
         return {} if self.is_lite else {"consistency_level": "Strong"}
 
     # ---- collections
-    def ensure(self, name: str, dim: int | None, *, pk_length: int = 64, track_field: bool = False) -> int:
-        """Create (with `dim`) if missing, and load; the dimension it holds. A segment collection (`track_field`)
-        of another dimension is dropped and made again: nothing searches segments."""
+    def ensure(self, name: str, dim: int | None, *, pk_length: int = 64, track_field: bool = False, load: bool = True) -> int:
+        """Create (with `dim`) if missing, and load (unless not `load`); the dimension it holds. A segment collection
+        (`track_field`) of another dimension is dropped and made again: nothing searches segments."""
         from pymilvus import DataType
 
         with self.lock:
@@ -94,13 +94,35 @@ class Milvus:
                     # Lite builds only INVERTED scalar indexes; a 2.3 server refuses it for strings and wants Trie
                     scalar.add_index(field_name=ID_FIELD, index_type="INVERTED" if self.is_lite else "Trie")
                     self.client.create_index(name, scalar)
-            self.client.load_collection(name)  # reopened collections are not loaded
+            if load:
+                self.client.load_collection(name)  # reopened collections are not loaded
+            else:  # pymilvus loads a collection it creates with an index
+                self.client.release_collection(name)
         return dim
 
     def drop(self, name: str) -> None:
         with self.lock:
             if self.client.has_collection(name):  # another process may have dropped it first
                 self.client.drop_collection(name)
+            if self.lite is not None:
+                self.lite.forget(name)
+
+    def rest(self, name: str) -> None:
+        """Lite: the collection is read from elsewhere (a mirror) and only written here: Lite need not hold it in
+        memory (LiteServer.rest). A no-op on a server."""
+        if self.lite is not None:
+            self.lite.rest(name)
+
+    def touched(self, name: str) -> None:
+        """After a call on the collection, under the lock: a resting one that it opened closes again when idle."""
+        if self.lite is not None:
+            self.lite.touched(name)
+
+    def names(self) -> list[str]:
+        """Every collection's name. Lite's from its folder: through gRPC, listing opens every collection to tell
+        whether it is loaded, which reads all their vectors into memory."""
+        with self.lock:
+            return self.lite.db.list_collections() if self.lite is not None else self.client.list_collections()
 
     def exists(self, name: str) -> bool:
         with self.lock:
@@ -109,8 +131,10 @@ class Milvus:
     # ---- reads
     def count(self, name: str) -> int:
         with self.lock:
-            self.client.load_collection(name)  # a no-op when loaded; reopened ones are not
+            if not self.is_lite:  # Lite counts a collection it has not loaded (loading builds its search index)
+                self.client.load_collection(name)  # a no-op when loaded; reopened ones are not
             res = self.client.query(name, filter="", output_fields=["count(*)"], **self.strong)
+            self.touched(name)
         return int(res[0]["count(*)"])
 
     def _catch_up(self, name: str) -> None:
@@ -123,6 +147,9 @@ class Milvus:
         """Every stored track id, duplicates included."""
         out: list[str] = []
         with self.lock:
+            if self.lite is not None and (rows := self.lite.rows(name, None, 8192)) is not None:
+                self.touched(name)
+                return [t for ids, _ in rows for t in ids]  # without loading it (Lite holds no duplicates)
             self.client.load_collection(name)
             self._catch_up(name)
             it = self.client.query_iterator(name, batch_size=1000, filter="", output_fields=[ID_FIELD])
@@ -131,11 +158,18 @@ class Milvus:
             it.close()
         return out
 
-    def batches(self, name: str, batch_size: int = 8192, filter: str = "") -> Iterator[tuple[list[str], np.ndarray]]:
-        """Every stored (ids, vectors), a batch at a time, as written so far (strong consistency on a server)."""
+    def batches(self, name: str, batch_size: int = 8192, below: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors) (with `below`: those of the ids that sort before it), a batch at a time in id
+        order, as written so far (strong consistency on a server). Lite's are read in this process, without
+        loading the collection (LiteServer.rows)."""
         with self.lock:
+            if self.lite is not None and (rows := self.lite.rows(name, VECTOR_FIELD, batch_size, below)) is not None:
+                self.touched(name)
+                yield from rows
+                return
             self._catch_up(name)
-            it = self.client.query_iterator(name, batch_size=batch_size, filter=filter, output_fields=[ID_FIELD, VECTOR_FIELD])
+            it = self.client.query_iterator(name, batch_size=batch_size, filter=f'{ID_FIELD} < "{below}"' if below else "",
+                                            output_fields=[ID_FIELD, VECTOR_FIELD])
             while batch := it.next():
                 yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
             it.close()
@@ -167,7 +201,7 @@ class Milvus:
     def sample(self, name: str, library_size: int, size: int) -> Iterator[np.ndarray]:
         """About `size` of the stored vectors, at random: track ids are random hex (uuid4), so those below a bound
         are a random subset; every vector of a library under twice `size`."""
-        bound = "" if library_size <= 2 * size else f'{ID_FIELD} < "{int(16**4 * size / library_size):04x}"'
+        bound = None if library_size <= 2 * size else f"{int(16**4 * size / library_size):04x}"
         got = 0
         for _, vectors in self.batches(name, 4096, bound):
             yield vectors

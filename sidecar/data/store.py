@@ -121,15 +121,12 @@ class VectorStore:
                             model, len(c.pending), self._dims[read], dim)
                 if not c.pending:
                     self._switch(model, c)
-            if self.mirror and self.is_lite:
-                # Loaded, Lite keeps a second, normalised copy of every vector to search (0.4 GB at 100k x 1,012-d);
-                # the mirror answers every read, and writes work on a released collection.
-                with self.milvus.lock:
-                    for name in {c.read, c.write}:
-                        self.client.release_collection(name)
+            if self.mirror:  # the mirror answers every read: Lite need not hold these in memory between writes
+                for name in dict.fromkeys((c.read, c.write)):
+                    self.milvus.rest(name)
         if segments:
             self._dims[segments_name(model)] = self.milvus.ensure(segments_name(model), dim, pk_length=80, track_field=True)
-        if self.is_lite:  # Lite reads its Parquet files through Arrow, whose pool keeps the freed pages (0.35 GB at 100k)
+        if self.is_lite:  # Lite reads its Parquet files through Arrow: give back what its pool kept (lite._arrow_pool)
             import pyarrow
 
             pyarrow.default_memory_pool().release_unused()
@@ -138,11 +135,14 @@ class VectorStore:
         """(the collection `dim`-d vectors go to, the one reads come from): an earlier dimension's with the most
         tracks while it has tracks; any other earlier one is dropped."""
         base = collection_name(model)
-        with self.milvus.lock:
-            mine = [n for n in self.client.list_collections() if n == base or re.fullmatch(re.escape(base) + r"_D\d+", n)]
-        self._dims.update({n: self.milvus.ensure(n, None) for n in mine})
+        mine = [n for n in self.milvus.names() if n == base or re.fullmatch(re.escape(base) + r"_D\d+", n)]
+        # Lite's collections stay unloaded under a mirror: loaded, Lite builds a second, normalised copy of every
+        # vector to search (0.4 GB at 100k x 1,012-d); the mirror answers every read, is read from Lite without it,
+        # and Lite takes writes on an unloaded collection.
+        load = not (self.mirror and self.is_lite)
+        self._dims.update({n: self.milvus.ensure(n, None, load=load) for n in mine})
         write = next((n for n in mine if self._dims[n] == dim), base if not mine else f"{base}_D{dim}")
-        self._dims[write] = self.milvus.ensure(write, dim)
+        self._dims[write] = self.milvus.ensure(write, dim, load=load)
         counts = {n: self.milvus.count(n) for n in mine if n != write}
         read = max(counts, key=counts.get) if counts and max(counts.values()) else write
         for name in counts:
@@ -215,6 +215,7 @@ class VectorStore:
         data = [{ID_FIELD: tid, VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), HASH_FIELD: h} for tid, v, h in rows]
         with self.milvus.lock:
             self.client.upsert(c.write, data)
+            self.milvus.touched(c.write)
             with self._lock:
                 target = self.mirrors.get(model) if c.filling is None else c.filling
                 if target is not None:
@@ -248,6 +249,7 @@ class VectorStore:
         with self.milvus.lock:
             for name in dict.fromkeys([c.write, c.read]):
                 self.client.delete(name, ids=list(track_ids))
+                self.milvus.touched(name)
             with self._lock:
                 for m in (self.mirrors.get(model), c.filling):
                     if m is not None:
@@ -298,15 +300,17 @@ class VectorStore:
         with self._lock:
             return self.mirrors[model].get(list(track_ids))
 
-    def stacked(self, model: str, track_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    def stacked(self, model: str, track_ids: list[str], *, held: bool = False) -> tuple[list[str], np.ndarray]:
         """Those of `track_ids` the model has, in their order, and their vectors as one (n, dim) array (a copy):
-        for many tracks at once, where get_vectors would make an array each."""
+        for many tracks at once, where get_vectors would make an array each. `held`: as the mirror holds them,
+        fewer dimensions with the same cosines among them, for work that compares them only with each other."""
         if model not in self.mirrors:
             return self._fetch_read(model, track_ids)
         with self._lock:
             m = self.mirrors[model]
             have = [t for t in track_ids if t in m.pos]
-            return have, m.vectors([m.pos[t] for t in have])
+            rows = [m.pos[t] for t in have]
+            return have, (m.held(rows) if held else m.vectors(rows))
 
     def search(self, model: str, vector: np.ndarray, limit: int, exclude=()) -> list[tuple[str, float]]:
         """(track_id, cosine similarity), best first; exact from the mirror, approximate (HNSW) from a server."""

@@ -9,7 +9,7 @@ from sidecar.data import Catalog, VectorStore
 from sidecar.data.ids import shown_id
 from sidecar.data.recordings import Recordings
 from sidecar.errors import BadInput
-from sidecar.explore.artists import artist_index, find_artist
+from sidecar.explore.artists import artist_index, artist_vector, find_artist
 from sidecar.explore.common import resolve, track_item, unit, unit_vectors
 from sidecar.explore.plane import pca_2d, scaler
 from sidecar.explore.state import ExploreCaches
@@ -32,7 +32,7 @@ def song_alchemy(catalog: Catalog, store: VectorStore, caches: ExploreCaches, mo
         for names, target, fld in ((req.add_artists, adds, "add_artists"), (req.subtract_artists, subs, "subtract_artists")):
             for name in names:
                 row = find_artist(index, name, fld)
-                target[ARTIST + index.names[row]] = index.centroids[row]
+                target[ARTIST + index.names[row]] = artist_vector(store, index, row, model)
     seed = None
     if req.temperature > 0:
         seed = req.seed if req.seed is not None else int(np.random.default_rng().integers(0, 2**31))

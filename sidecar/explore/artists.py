@@ -1,6 +1,7 @@
 """Similar artists: an artist's vector is the mean of its tracks' unit vectors, renormalised; artists are
 compared by cosine. The index of every artist's vector is cached per model (ExploreCaches.artists) and rebuilt
-when tracks, their artists or the model's vectors change."""
+when tracks, their artists or the model's vectors change. It holds the vectors as the store's mirror does
+(VectorStore.stacked with `held`): compare them with each other only, never with a query in the model's space."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,8 @@ def artist_index(catalog: Catalog, store: VectorStore, caches: ExploreCaches, mo
             return idx
         labels = catalog.track_labels()
         artist_of = {t: r["artist"].strip() for t, r in labels.items() if r["artist"] and r["artist"].strip()}
-        track_ids, raw = store.stacked(model, list(artist_of))
+        # as the mirror holds them: the same cosines in a fifth of the memory at 100k (80 MB, not 0.4 GB)
+        track_ids, raw = store.stacked(model, list(artist_of), held=True)
         names: list[str] = []
         by_key: dict[str, int] = {}
         member_lists: list[list[int]] = []
@@ -43,6 +45,12 @@ def artist_index(catalog: Catalog, store: VectorStore, caches: ExploreCaches, mo
         idx = ArtistIndex(stamp, names, by_key, centroids, members, track_ids, [labels[t]["title"] for t in track_ids], units, writes)
         caches.artists[model] = idx
         return idx
+
+
+def artist_vector(store: VectorStore, index: ArtistIndex, row: int, model: str) -> np.ndarray:
+    """The artist's vector in the model's space (the index's are held: see the module doc)."""
+    _, vectors = store.stacked(model, [index.track_ids[r] for r in index.members[row]])
+    return unit(unit(vectors).mean(axis=0))
 
 
 def find_artist(index: ArtistIndex, name: str, field: str) -> int:

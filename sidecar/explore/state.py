@@ -38,7 +38,7 @@ class ArtistIndex:
     stamp: tuple
     names: list[str]  # display names
     by_key: dict[str, int]  # casefolded name -> row
-    centroids: np.ndarray  # (artists, dim), unit
+    centroids: np.ndarray  # (artists, dim), unit; dim: as the mirror holds them (artists.py)
     members: list[np.ndarray]  # rows of `unit` per artist
     track_ids: list[str]
     titles: list[str | None]
