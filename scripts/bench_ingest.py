@@ -168,6 +168,7 @@ async def service_pipeline(tracks: list[Path], models_dir: Path, work: Path, **s
     sc = Sidecar(Settings(music_dir=[music], data_dir=data, reconcile_interval_s=0, **settings))
     await sc.open()
     try:
+        Path("/proc/self/clear_refs").write_text("5")  # the peak resident memory from here on (Linux)
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         with BusyThreads() as busy:
             await sc.reconciler.run([music])
@@ -177,8 +178,9 @@ async def service_pipeline(tracks: list[Path], models_dir: Path, work: Path, **s
         assert sc.worker.stats.embedded == len(tracks), sc.worker.stats
         ids = [sc.catalog.file(str(music / p.name)).track_id for p in tracks]
         models = [sc.catalog.track(i)["models"] for i in ids]
+        peak = next(int(x.split()[1]) / 1024 for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
         return {
-            "wall": wall, "cpu": cpu, "busy": busy.mean, "settings": sc.settings, "musicnn": sc.embedders.ready["musicnn"],
+            "wall": wall, "cpu": cpu, "busy": busy.mean, "peak_mb": peak, "settings": sc.settings, "musicnn": sc.embedders.ready["musicnn"],
             "tags": [np.array(list(m["musicnn"]["tags"].values())) for m in models],
             "features": [m["dsp"]["features"] for m in models],
         }
@@ -380,7 +382,7 @@ def main() -> None:
     print(f"Wall {svc['wall']:.1f} s: **{3600 * n / svc['wall']:,.0f} tracks/hour**; "
           f"CPU {svc['cpu'] / n:.2f} s per track (both cores fully ours: at most "
           f"{3600 * n * (os.cpu_count() or 1) / svc['cpu']:,.0f} tracks/hour); threads wanting a core: "
-          f"{svc['busy'] or 0:.2f} on average"
+          f"{svc['busy'] or 0:.2f} on average; peak resident memory {svc['peak_mb']:,.0f} MB"
           + (f"; {ref['wall'] / svc['wall']:.1f}x the reference" if ref else "") + "\n")
     print("Its stages, track by track on one thread:\n")
     total = table(stages)

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_musicnn_backends.py [--audio FILE] [--threads 1 2] [--repeats 10] [--int8]
 
-Model time only (log-mel patches in, all four outputs out), batches of 16 patches as `embed` runs them,
+Model time only (log-mel patches in, all four outputs out), batches of 16 patches (`embed` now runs 4 at a time),
 cut from a real excerpt (its ~10 patches repeated to fill the batch). The configurations are timed in turns,
 `--repeats` times each, and the best time is kept, so that other load on the machine counts as little as
 possible. The weights and the ONNX file are prepared as `sidecar setup` does (in `--models-dir`).
