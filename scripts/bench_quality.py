@@ -54,6 +54,7 @@ import quality_corpus as qc  # noqa: E402
 NETS = ("MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg")
 EMB = {"MSD_musicnn": "dense_preact", "MTT_musicnn": "dense_preact", "MSD_vgg": "pool5", "MTT_vgg": "pool5"}
 K = 10
+DEFAULT_SPACE = "plugin default: MSD + MTT_vgg on 12 patches, the store's space"  # the product's, among the candidates
 
 
 # ------------------------------------------------------------------------------------------------ library
@@ -321,14 +322,14 @@ def candidate_spaces(lib: Library) -> dict[str, np.ndarray]:
     # (each network's mean and std in one block, std scaled by 0.5; both networks' tags in one block)
     from sidecar.plugins import Block
 
-    c["plugin default: MSD + MTT_vgg on 12 patches, the store's space"] = plugin_space(lib.feats)
+    c[DEFAULT_SPACE] = plugin_space(lib.feats)
     c["plugin with vgg_patches=0: MSD alone, the store's space"] = plugin_space(lib.feats, 0)
     coarse = (Block("msd", 400, 1.0, (1.0,) * 200 + (0.5,) * 200), Block("mtt_vgg", 512, 1.0, (1.0,) * 256 + (0.5,) * 256),
               Block("tags", 100, 0.5))  # fmt: skip
     c["plugin default vector, 3 coarse blocks"] = plugin_space(lib.feats, blocks=coarse)
     # the default space smoothed by each track's neighbourhood (no labels): a stabler picture of a track's style?
     for k, a in ((5, 3), (12, 3), (12, 8)):
-        c[f"plugin default + neighbourhood mean (k={k}, a={a})"] = neighbourhood_mean(c["plugin default: MSD + MTT_vgg on 12 patches, the store's space"], k, a)
+        c[f"plugin default + neighbourhood mean (k={k}, a={a})"] = neighbourhood_mean(c[DEFAULT_SPACE], k, a)
     # DSP alone
     c["DSP vector, raw"] = dsp
     c["DSP vector, z"] = unit(zscore(dsp))
@@ -389,10 +390,9 @@ def run_similarity(lib: Library, show_all: bool, out: list[str]) -> dict:
     base_name = next(iter(spaces))
     for name, (a, b) in pairs.items():
         sims[name] = union_similarity([sims[a], sims[b]])
-    default = "plugin default: MSD + MTT_vgg on 12 patches, the store's space"
     for k in (10, 20):
-        sims[f"plugin default, blended with shared neighbours (k={k}, 0.3)"] = shared_neighbours(sims[default], k, 0.3)
-    sims["plugin default, blended with the baseline's cosine (0.5)"] = _blend([(sims[default], 0.5), (sims[base_name], 0.5)])
+        sims[f"plugin default, blended with shared neighbours (k={k}, 0.3)"] = shared_neighbours(sims[DEFAULT_SPACE], k, 0.3)
+    sims["plugin default, blended with the baseline's cosine (0.5)"] = _blend([(sims[DEFAULT_SPACE], 0.5), (sims[base_name], 0.5)])
     res = {split: {name: evaluate(lib, s, split) for name, s in sims.items()} for split in ("dev", "test")}
     rnd = {split: evaluate_random(lib, split) for split in ("dev", "test")}
     dev_gain = {n: objective(res["dev"][n], res["dev"][base_name]) for n in sims}
@@ -442,7 +442,7 @@ def run_similarity(lib: Library, show_all: bool, out: list[str]) -> dict:
     # the product computes the recommended recipe: the plugin's vectors in the store's space give its cosines
     d = DEFAULT_RECIPE
     rec = Recipe(d.nets, d.std_weight, d.dsp_weight, d.tags_weight, d.norm, dict(d.patch_step)).fit(lib.feats)
-    ref, plugin = similarity(rec.transform(lib.feats)), sims["plugin default: MSD + MTT_vgg on 12 patches, the store's space"]
+    ref, plugin = similarity(rec.transform(lib.feats)), sims[DEFAULT_SPACE]
     off = ~np.eye(len(ref), dtype=bool)  # the diagonal holds -inf (a query is not its own neighbour)
     gap = float(np.abs(ref[off] - plugin[off]).max())
     out.append(f"\nThe plugin's default analysis in the store's space gives the recommended recipe's cosines within {gap:.1e} "
@@ -469,7 +469,7 @@ def _summary_rows(ranked: list[str], base: str, best: str) -> list[str]:
                 "fused MSD: z, mean + DSP(z) at 0.25", "fused MSD: z, mean + DSP(z) at 0.75", "fused MSD: z, mean + DSP(z) at 1.0",
                 "fused MSD: z, mean + DSP(z) at 0.5", "fused MSD+MTT: z, mean", "fused musicnn+vgg (all 4): z, mean",
                 "union(MSD dense z, DSP z)", "union(MSD dense z, MTT_musicnn z)",
-                "plugin default: MSD + MTT_vgg on 12 patches, the store's space",
+                DEFAULT_SPACE,
                 "plugin with vgg_patches=0: MSD alone, the store's space", "plugin default vector, 3 coarse blocks"]  # fmt: skip
     keep += [f for f in families if f in ranked]
     return [n for n in ranked if n in set(keep)]

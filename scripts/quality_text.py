@@ -108,16 +108,16 @@ def rank_prompts(rows: list[dict], prompts: list[str], feedback: tuple[np.ndarra
             catalog.record_embedding(track_id, "dsp", "1", key, features=r["features"])
             row_of[track_id] = i
         search = ZeroShotSearch(catalog, load_text_encoder("minilm", REPO / ".cache" / "models"))
-        out = {p: [row_of[t.track_id] for t in search.search(p, [], len(rows))[0]] for p in prompts}
-        if feedback is not None:
-            audio, m, beta = feedback
-            for p in prompts:
+        out = {}
+        for p in prompts:
+            found = search.search(p, [], len(rows))[0]
+            out[p] = [row_of[t.track_id] for t in found]
+            if feedback is not None:
+                audio, m, beta = feedback
                 score = np.zeros(len(rows))
-                for t in search.search(p, [], len(rows))[0]:
-                    score[row_of[t.track_id]] = t.score
+                score[out[p]] = [t.score for t in found]
                 near = audio @ audio[out[p][:m]].mean(axis=0)
-                blended = _standard(score) + beta * _standard(near)
-                out[p] = np.argsort(-blended, kind="stable").tolist()
+                out[p] = np.argsort(-(_standard(score) + beta * _standard(near)), kind="stable").tolist()
         catalog.close()
     return out
 

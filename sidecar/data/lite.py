@@ -83,7 +83,7 @@ class LiteServer:
         with self.lock:
             self._resting[name] = time.monotonic()
             self._close(name)
-        _release_arrow()
+        release_arrow()
 
     def touched(self, name: str) -> None:
         """A call on the collection was made (under the lock): if it opened a resting one, it closes again when idle."""
@@ -92,7 +92,7 @@ class LiteServer:
         self._resting[name] = time.monotonic()
         if name in self._closed:
             self._closed.discard(name)
-            _release_arrow()  # opening it read every segment through Arrow's pool
+            release_arrow()  # opening it read every segment through Arrow's pool
         self._arm()
 
     def forget(self, name: str) -> None:
@@ -134,7 +134,7 @@ class LiteServer:
                 self._close(name)
             self._arm()
         if idle:
-            _release_arrow()
+            release_arrow()
 
     def rows(self, name: str, vector_field: str | None, batch_size: int,
              below: str | None = None) -> Iterator[tuple[list[str], np.ndarray | None]] | None:
@@ -193,7 +193,7 @@ def _arrow_pool() -> None:
     pyarrow.set_memory_pool(pool)
 
 
-def _release_arrow() -> None:
+def release_arrow() -> None:
     """What Arrow's pool still keeps of the pages freed since (Lite's reads), given back."""
     import pyarrow
 

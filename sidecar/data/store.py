@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sidecar.data.lite import release_arrow
 from sidecar.data.milvus import HASH_FIELD, ID_FIELD, VECTOR_FIELD, Milvus, StoreError, quoted
 from sidecar.data.mirror import Mirror, Rows
 from sidecar.data.space import FREEZE, Space
@@ -126,10 +127,8 @@ class VectorStore:
                     self.milvus.rest(name)
         if segments:
             self._dims[segments_name(model)] = self.milvus.ensure(segments_name(model), dim, pk_length=80, track_field=True)
-        if self.is_lite:  # Lite reads its Parquet files through Arrow: give back what its pool kept (lite._arrow_pool)
-            import pyarrow
-
-            pyarrow.default_memory_pool().release_unused()
+        if self.is_lite:  # opening collections read their Parquet files through Arrow's pool
+            release_arrow()
 
     def _collections_of(self, model: str, dim: int) -> tuple[str, str]:
         """(the collection `dim`-d vectors go to, the one reads come from): an earlier dimension's with the most
