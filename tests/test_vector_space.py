@@ -15,6 +15,7 @@ from sidecar.data import space as space_module
 from sidecar.data import store as store_module
 from sidecar.data.mirror import Mirror
 from sidecar.data.space import MIN_FIT, Space
+from sidecar.data.space_index import index_names
 from sidecar.data.store import VectorStore, collection_name, segments_name
 from sidecar.errors import Conflict
 from sidecar.plugins.api import Block
@@ -207,44 +208,70 @@ def wait_visible(store: VectorStore, model: str, ids: list[str], timeout: float 
         time.sleep(0.2)
 
 
+def wait_searchable(store: VectorStore, model: str, query: np.ndarray, track_id: str, timeout: float = 30) -> None:
+    """Until a search finds this track (searches read with the collection's bounded staleness)."""
+    deadline = time.monotonic() + timeout
+    while [t for t, _ in store.search(model, query, 1)] != [track_id]:
+        assert time.monotonic() < deadline, "the write never became searchable"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_without_the_mirror_a_server_samples_the_statistics_and_ranks_its_hnsw_pool_exactly(milvus_uri, monkeypatch):
+def test_without_the_mirror_a_server_searches_the_spaces_own_collection_with_shared_statistics(milvus_uri, monkeypatch):
     model = "m" + uuid.uuid4().hex[:8]
     raw = library(150, seed=10)
     ids = [uuid.uuid4().hex for _ in range(150)]
-    store = VectorStore(milvus_uri, mirror=False)
+    writer, reader = VectorStore(milvus_uri, mirror=False), VectorStore(milvus_uri, mirror=False)  # a worker, an API
     try:
-        store.ensure_collection(model, DIM, space=BLOCKS)
-        store.upsert(model, [(t, v, "h") for t, v in zip(ids, raw)])
-        wait_visible(store, model, ids)
-        check_reads(store, model, ids, raw)  # a library under 2 x SAMPLE: statistics of every vector, exact reads
+        writer.ensure_collection(model, DIM, space=BLOCKS)
+        writer.upsert(model, [(t, v, "h") for t, v in zip(ids, raw)])  # due at MIN_FIT: fitted over all 150, exactly
+        wait_visible(writer, model, ids)
+        wait_searchable(writer, model, expected(raw)[149], ids[149])
+        check_reads(writer, model, ids, raw)
+        reader.ensure_collection(model, DIM, space=BLOCKS)  # adopts the writer's statistics: fits nothing itself
+        w, r = writer._models[model].index, reader._models[model].index
+        assert r.key == w.key and np.array_equal(r.space.mean, w.space.mean) and r.space.fitted_on == 150
 
-        # a larger library: statistics from a random sample (ids below a bound), checked against the library size
+        # a larger library: the writer refits on a random sample (ids below a bound), now projected (PROJECT 8)
+        monkeypatch.setattr(store_module, "SAMPLE", 200)
+        monkeypatch.setattr(space_module, "PROJECT", 8)
         big = library(3000, seed=11)
         big_ids = [uuid.uuid4().hex for _ in range(3000)]
-        store.upsert(model, [(t, v, "h") for t, v in zip(big_ids, big)])
-        wait_visible(store, model, big_ids[-50:])
-        monkeypatch.setattr(store_module, "SAMPLE", 200)
-        monkeypatch.setattr(store_module, "REFIT_CHECK_S", 0.0)
+        writer.upsert(model, [(t, v, "h") for t, v in zip(big_ids, big)])
+        space = w.space
+        assert space.fitted_on == 3150 and space.held_dim == 8
         everything = np.concatenate([raw, big])
-        _, sampled = store._reader(model)
-        assert sampled.fitted_on == 3150
         full = Space.of(BLOCKS, DIM).fitted(everything, len(everything))
-        assert not np.allclose(sampled.mean, full.mean, rtol=0, atol=1e-9)  # a sample, not everything
-        assert np.all(np.abs(sampled.mean - full.mean) < 0.3 * full.std) and np.allclose(sampled.std, full.std, rtol=0.2)
-        t = sampled.transform(everything)
+        assert not np.allclose(space.mean, full.mean, rtol=0, atol=1e-9)  # a sample, not everything
+        assert np.all(np.abs(space.mean - full.mean) < 0.3 * full.std) and np.allclose(space.std, full.std, rtol=0.2)
+
+        monkeypatch.setattr(store_module, "REFIT_CHECK_S", 0.0)  # the reader's next read checks the statistics
+        t = space.transform(everything)
         all_ids = ids + big_ids
+        wait_searchable(reader, model, t[-1], all_ids[-1])
+        assert r.key == w.key and np.array_equal(r.space.basis, space.basis)  # adopted, with the new 8-d vectors
+        held = space.project(t)
+        held /= np.linalg.norm(held, axis=1, keepdims=True)
         recall = []
         for q in np.random.default_rng(12).integers(0, len(all_ids), 20):
-            hits = store.search(model, t[q], 10)
-            assert np.allclose([s for _, s in hits], [t[all_ids.index(h)] @ t[q] for h, _ in hits], atol=1e-5)  # exact scores
-            recall.append(len({h for h, _ in hits} & {all_ids[i] for i in np.argsort(-(t @ t[q]))[:10]}) / 10)
-        # HNSW is approximate, and its graph is built in parallel (not reproducible): on this library, whose raw
-        # vectors share a large offset, a query now and then finds little of its neighbourhood (seen: 1 in 20)
+            hits = reader.search(model, t[q], 10)
+            # scores are the cosines of the vectors as held (projected), as the mirror gives them
+            assert np.allclose([s for _, s in hits], [held[all_ids.index(h)] @ held[q] for h, _ in hits], atol=1e-4)
+            recall.append(len({h for h, _ in hits} & {all_ids[i] for i in np.argsort(-(held @ held[q]))[:10]}) / 10)
+        # HNSW is approximate, and its graph is built in parallel (not reproducible)
         assert np.median(recall) >= 0.9 and sum(r >= 0.8 for r in recall) >= 16, recall
+        rows, sims = reader.similarities(model, t[[3, 4]])
+        assert np.allclose(sims[rows.row(all_ids[3])], held[[3, 4]] @ held[3], atol=1e-4)
+
+        writer.delete(model, ids[:10])  # gone from the space's collection too
+        deadline = time.monotonic() + 30
+        while r.held(ids[:10])[0]:
+            assert time.monotonic() < deadline, "deleted tracks still in the space's collection"
+            time.sleep(0.2)
     finally:
-        store.client.drop_collection(collection_name(model))
-        store.close()
+        writer._drop(collection_name(model))
+        writer.close()
+        reader.close()
 
 
 # ---- a new dimension
@@ -282,7 +309,8 @@ def test_a_new_dimension_fills_a_new_collection_while_the_previous_one_answers(t
         assert store.dim("m") == 8  # one to go
         store.upsert("m", [(ids[79], new[79], "h")])
         assert store.dim("m") == DIM and "searches use them now, and emb_m is dropped" in caplog.text
-        assert set(store.client.list_collections()) == {"emb_m_D13", segments_name("m")}
+        index = set() if mirror else set(index_names("emb_m_D13"))  # the space's vectors, for reads without a mirror
+        assert set(store.client.list_collections()) == {"emb_m_D13", segments_name("m")} | index
         kept = ids[:50] + ids[60:]
         assert sorted(store.track_ids("m")) == sorted(kept + ["extra" + "0" * 27])
         q = store.get_vectors("m", [ids[5]])[ids[5]]

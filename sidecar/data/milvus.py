@@ -63,17 +63,18 @@ class Milvus:
         return {} if self.is_lite else {"consistency_level": "Strong"}
 
     # ---- collections
-    def ensure(self, name: str, dim: int | None, *, pk_length: int = 64, track_field: bool = False, load: bool = True) -> int:
-        """Create (with `dim`) if missing, and load (unless not `load`); the dimension it holds. A segment collection
-        (`track_field`) of another dimension is dropped and made again: nothing searches segments."""
+    def ensure(self, name: str, dim: int | None, *, pk_length: int = 64, track_field: bool = False, derived: bool = False,
+               load: bool = True) -> int:
+        """Create (with `dim`) if missing, and load (unless not `load`); the dimension it holds. A collection
+        `derived` from others (segments, a space's vectors) of another dimension is dropped and made again."""
         from pymilvus import DataType
 
         with self.lock:
             if self.client.has_collection(name):
                 fields = self.client.describe_collection(name)["fields"]
                 have = next(int(f["params"]["dim"]) for f in fields if f["name"] == VECTOR_FIELD)
-                if track_field and have != dim:
-                    log.warning("dropping the segment collection %s: %d-d vectors, now %d-d", name, have, dim)
+                if derived and have != dim:
+                    log.warning("dropping the collection %s: %d-d vectors, now %d-d", name, have, dim)
                     self.client.drop_collection(name)
                 dim = have if dim is None else dim
             if not self.client.has_collection(name):
@@ -174,6 +175,17 @@ class Milvus:
                 yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
             it.close()
 
+    def keys(self, name: str) -> dict[str, str]:
+        """Every stored track id and its HASH_FIELD."""
+        out: dict[str, str] = {}
+        with self.lock:
+            self._catch_up(name)
+            it = self.client.query_iterator(name, batch_size=8192, filter="", output_fields=[ID_FIELD, HASH_FIELD])
+            while batch := it.next():
+                out.update((r[ID_FIELD], r[HASH_FIELD]) for r in batch)
+            it.close()
+        return out
+
     def fetch(self, name: str, track_ids: list[str], *, strong: bool = False) -> dict[str, np.ndarray]:
         """The tracks' vectors. `strong` waits until every write so far is visible (tenths of a second on a
         server); a query does not need it (a vector a few seconds new may be missed)."""
@@ -187,15 +199,13 @@ class Milvus:
             out.update({r[ID_FIELD]: np.asarray(r[VECTOR_FIELD], np.float32) for r in rows})
         return out
 
-    def search(self, name: str, queries: np.ndarray, limit: int, *, vectors: bool = False) -> list[list[tuple]]:
-        """Per query, (track id, cosine) best first, or (track id, vector) with `vectors`."""
+    def search(self, name: str, queries: np.ndarray, limit: int, *, where: str = "") -> list[list[tuple[str, float]]]:
+        """Per query, (track id, cosine) best first, among the rows that match `where` (a Milvus filter)."""
         limit = max(1, min(limit, 16384))  # Milvus's top-k limit
         params = {"metric_type": "COSINE", "params": {"ef": max(64, limit)}}
         with self.lock:
-            res = self.client.search(name, np.asarray(queries, np.float32).tolist(), limit=limit, search_params=params,
-                                     output_fields=[VECTOR_FIELD] if vectors else [])
-        if vectors:
-            return [[(h.id, np.asarray(h["entity"][VECTOR_FIELD], np.float32)) for h in hits] for hits in res]
+            res = self.client.search(name, np.asarray(queries, np.float32).reshape(-1, np.shape(queries)[-1]).tolist(),
+                                     limit=limit, search_params=params, filter=where)
         return [[(h.id, float(h["distance"])) for h in hits] for hits in res]
 
     def sample(self, name: str, library_size: int, size: int) -> Iterator[np.ndarray]:

@@ -8,8 +8,8 @@ their blocks' cosines (every block of a transformed vector is nonzero unless the
 The mirror holds the transformed vectors projected on their PROJECT principal directions in the library
 (`project`; `lift` maps them back): a space of 1,012 dimensions (MusiCNN's) is searched and held in 200, with
 the same quality on the labelled corpus (docs/QUALITY.md) at the memory and search time of 200-d vectors
-(docs/PERFORMANCE.md). Everything outside the mirror sees the full transformed space, whose dimension never
-changes as the library grows.
+(docs/PERFORMANCE.md). Without the mirror, Milvus holds them so too (space_index.py). Everything else sees
+the full transformed space, whose dimension never changes as the library grows.
 
 The statistics follow the library (`due`): fitted once it has MIN_FIT tracks, again each time it has doubled
 or halved, and then kept once fitted over FREEZE tracks or more: statistics from 30 random tracks already gave
@@ -100,20 +100,6 @@ class Space:
     def lift(self, held: np.ndarray) -> np.ndarray:
         """The mirror's vectors back in the transformed space (n, dim), in its library's span."""
         return held if self.basis is None else np.asarray(held, np.float32) @ self.basis.T
-
-    def raw_query(self, vectors: np.ndarray) -> np.ndarray:
-        """For a search over raw vectors (Milvus's, by cosine): directions w such that <x - mean, w> ranks raw
-        vectors x as the space ranks them against the given transformed ones, but for each x's block norms
-        (taken as a typical track's); w is made orthogonal to the mean, so that the mean every track shares adds
-        nothing to <x, w>. A pool of candidates to rank exactly afterwards, not a ranking: on the labelled corpus
-        the space's 10 nearest were within the first 10% of this order for 98% of them (5%: 84%)."""
-        v = np.asarray(vectors, np.float64).reshape(-1, self.dim)
-        per_dim = np.concatenate([np.full(hi - lo, self.coef[b] / max(np.sqrt(np.sum(self.scale[lo:hi] ** 2)), 1e-12))
-                                  for b, (lo, hi) in enumerate(zip(self.bounds, self.bounds[1:]))])
-        w = v * (self.scale / self.std * per_dim)
-        if (m2 := float(self.mean @ self.mean)) > 0:
-            w -= np.outer(w @ self.mean / m2, self.mean)
-        return w
 
     # ---- fitting
     def fitted(self, raw: np.ndarray, library_size: int) -> Space:

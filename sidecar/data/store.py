@@ -11,12 +11,11 @@ over 100k 200-d vectors is a few milliseconds of numpy, where Milvus Lite takes 
 Where the embedder declares a similarity space (Embedder.space; sidecar/data/space.py), every read returns
 and compares vectors in that space, and every query vector is taken to be in it. The mirror holds them
 transformed, with statistics fitted over the whole library (again as it doubles or halves). Without the
-mirror the statistics come from a random sample of the stored vectors (SAMPLE tracks, checked against the
-library's size every REFIT_CHECK_S), fetched vectors are transformed exactly, and a search is approximate in
-one more way than Milvus's HNSW: Milvus ranks the raw vectors by cosine to a raw direction standing for the
-query (Space.raw_query), and its first POOL are ranked exactly in the space. That order holds the space's
-nearest tracks only roughly (on the labelled corpus, 98% of each track's 10 nearest within its first 10%):
-with a space, keep the mirror unless the vectors cannot fit in memory.
+mirror, Milvus searches a second collection that holds every vector already in the space, as the mirror
+holds it (SpaceIndex, space_index.py), with statistics fitted on a random sample of the stored vectors
+(SAMPLE tracks) and shared by every process through Milvus; fetched vectors are transformed exactly. Every
+store on a server keeps that collection up to date, mirror or not, since another process may read without
+one; on Lite only a store without a mirror does (Lite has one process, and the mirror needs none).
 
 A new dimension (a new version of an embedder) gets a collection of its own, `emb_<model>_D<dim>`, while the
 previous one keeps answering every read until each track it holds has a vector in the new one (or is deleted):
@@ -40,6 +39,7 @@ from sidecar.data.lite import release_arrow
 from sidecar.data.milvus import HASH_FIELD, ID_FIELD, VECTOR_FIELD, Milvus, StoreError, quoted
 from sidecar.data.mirror import Mirror, Rows
 from sidecar.data.space import FREEZE, Space
+from sidecar.data.space_index import SpaceIndex, index_names
 from sidecar.errors import Conflict
 
 if TYPE_CHECKING:
@@ -60,8 +60,8 @@ def segments_name(model: str) -> str:
 
 
 POOL = 2000  # without a mirror, whole-library similarities are taken over each query's nearest POOL tracks
-SAMPLE = 4096  # without a mirror: about this many random tracks give a space's statistics
-REFIT_CHECK_S = 300.0  # without a mirror: how often the library's size is compared with the statistics' (Space.due)
+SAMPLE = 4096  # a space's statistics for its SpaceIndex come from about this many random tracks
+REFIT_CHECK_S = 300.0  # how often a SpaceIndex's statistics are compared with the library's size (Space.due)
 
 
 @dataclass
@@ -74,8 +74,9 @@ class _Collections:
     space: Space | None = None  # the model's space, as declared (statistics unfitted)
     pending: set[str] = field(default_factory=set)
     filling: Mirror | None = None  # the mirror of `write` while `read` answers
-    sampled: Space | None = None  # without a mirror: the space with statistics of a sample of the stored vectors
-    checked: float = 0.0  # when `sampled` was last checked against the library's size
+    index: SpaceIndex | None = None  # the space's vectors in Milvus (see the module doc); None while upgrading
+    checked: float = 0.0  # when the index's statistics were last checked against the library's size
+    counted: int = 0  # the library's size then, plus the rows written since (a bound: some may be updates)
 
     @property
     def upgrading(self) -> bool:
@@ -110,8 +111,10 @@ class VectorStore:
             template = Space.of(space, dim) if space else None
             write, read = self._collections_of(model, dim)
             c = self._models[model] = _Collections(write, read, template)
-            if self.mirror:
-                self.mirrors[model] = self._load_mirror(read, None if c.upgrading else template)
+            index = self._refresh(c, force=True)
+            if self.mirror:  # on a server, with the statistics every process shares once frozen
+                shared = index.space if index is not None and index.space.frozen else template
+                self.mirrors[model] = self._load_mirror(read, None if c.upgrading else shared)
                 if c.upgrading:
                     c.filling = self._load_mirror(write, template)
                     c.pending = set(self.mirrors[model].ids) - set(c.filling.pos)
@@ -126,7 +129,7 @@ class VectorStore:
                 for name in dict.fromkeys((c.read, c.write)):
                     self.milvus.rest(name)
         if segments:
-            self._dims[segments_name(model)] = self.milvus.ensure(segments_name(model), dim, pk_length=80, track_field=True)
+            self._dims[segments_name(model)] = self.milvus.ensure(segments_name(model), dim, pk_length=80, track_field=True, derived=True)
         if self.is_lite:  # opening collections read their Parquet files through Arrow's pool
             release_arrow()
 
@@ -147,7 +150,7 @@ class VectorStore:
         for name in counts:
             if name != read:
                 log.warning("%s: dropping the collection %s (%d-d vectors of an earlier version)", model, name, self._dims[name])
-                self.milvus.drop(name)
+                self._drop(name)
         return write, read
 
     def _switch(self, model: str, c: _Collections) -> None:
@@ -157,9 +160,27 @@ class VectorStore:
             if c.filling is not None:
                 self.mirrors[model] = c.filling
             c.read, c.filling, c.pending = c.write, None, set()
-        self.milvus.drop(previous)
+        self._drop(previous)
         log.warning("%s: every track has its %d-d vector; searches use them now, and %s is dropped",
                     model, self._dims[c.write], previous)
+
+    def _drop(self, name: str) -> None:
+        """A raw collection and its space index's collections."""
+        for n in (name, *index_names(name)):
+            self.milvus.drop(n)
+
+    def _refresh(self, c: _Collections, *, force: bool = False) -> SpaceIndex | None:
+        """The model's space index, its statistics checked against the library's size (SpaceIndex.refresh) when
+        REFIT_CHECK_S have passed or this store's writes may have made them due; None where there is none: no
+        space, an upgrade under way, or Lite with a mirror (see the module doc)."""
+        if c.space is None or c.upgrading or (self.mirror and self.is_lite):
+            return None
+        if c.index is None:
+            c.index, force = SpaceIndex(self.milvus, c.read, c.space), True
+        if force or time.monotonic() - c.checked > REFIT_CHECK_S or c.index.space.due(c.counted):
+            c.counted, c.checked = self.milvus.count(c.read), time.monotonic()
+            c.index.refresh(c.counted, lambda: self._sample(c.read, c.counted))
+        return c.index
 
     def _done(self, c: _Collections, track_ids) -> bool:
         """These tracks need nothing more from the previous collection; True when that was the last of them.
@@ -180,7 +201,7 @@ class VectorStore:
 
     def _load_mirror(self, name: str, space: Space | None) -> Mirror:
         dim, n = self._dims[name], self.milvus.count(name)
-        if space is not None and n >= FREEZE:  # statistics from a sample, frozen: the mirror keeps no raw copy
+        if space is not None and n >= FREEZE and not space.frozen:  # from a sample, frozen: the mirror keeps no raw copy
             space = space.fitted(self._sample(name, n), n)
         mirror = Mirror(dim, space, capacity=n)  # no copy growing
         # pymilvus decodes a batch into Python floats (32 bytes each): about 2M of them at a time (65 MB)
@@ -222,6 +243,9 @@ class VectorStore:
                 done = self._done(c, [r[0] for r in rows])
             if done:
                 self._switch(model, c)
+        c.counted += len(rows)
+        if (index := self._refresh(c)) is not None:
+            index.write([r[0] for r in rows], np.array([r[1] for r in rows], np.float32))
 
     def replace_segments(self, model: str, track_id: str, vectors: np.ndarray, content_hash: str) -> None:
         """The track's segment vectors, replacing any it had (a re-embed may make fewer segments)."""
@@ -258,6 +282,8 @@ class VectorStore:
                 self.client.delete(segments_name(model), filter=f"{ID_FIELD} in [{quoted(track_ids)}]")
             if done:
                 self._switch(model, c)
+        if c.index is not None and not c.upgrading:
+            c.index.delete(list(track_ids))
 
     # ---- reads: from the mirror where there is one, else from Milvus
     def dim(self, model: str) -> int:
@@ -270,27 +296,21 @@ class VectorStore:
             raise Conflict(f"a {model} query has {queries.shape[-1]} numbers but the {model} vectors have {dim} "
                            "(made for another version of the model?)")
 
-    def _reader(self, model: str) -> tuple[str, Space | None]:
-        """Without a mirror: the collection reads come from, and the space they are compared in (None: raw),
-        with statistics from a sample of it, fitted again when the library has doubled or halved since."""
+    def _reader(self, model: str) -> tuple[str, SpaceIndex | None]:
+        """Without a mirror: the collection reads come from, and the space index that searches it in the model's
+        space (None: compared raw)."""
         c = self._c(model)
         if c.upgrading and not self.milvus.exists(c.read):  # another process finished the upgrade
             self._switch(model, c)
-        if c.space is None or c.upgrading:
-            return c.read, None
-        if c.sampled is None or time.monotonic() - c.checked > REFIT_CHECK_S:
-            n, c.checked = self.milvus.count(c.read), time.monotonic()
-            if c.sampled is None or c.sampled.due(n):
-                c.sampled = (c.sampled or c.space).fitted(self._sample(c.read, n), n)
-        return c.read, c.sampled
+        return c.read, self._refresh(c)
 
     def _fetch_read(self, model: str, track_ids: list[str]) -> tuple[list[str], np.ndarray]:
         """Without a mirror: those of the tracks the model has, in order, and their vectors in its space."""
-        name, space = self._reader(model)
+        name, index = self._reader(model)
         found = self.milvus.fetch(name, list(dict.fromkeys(track_ids)))
         have = [t for t in track_ids if t in found]
         raw = np.array([found[t] for t in have], np.float32).reshape(len(have), self._dims[name])
-        return have, (space.transform(raw) if space is not None else raw)
+        return have, (index.space.transform(raw) if index is not None else raw)
 
     def get_vectors(self, model: str, track_ids: list[str]) -> dict[str, np.ndarray]:
         if model not in self.mirrors:
@@ -304,7 +324,8 @@ class VectorStore:
         for many tracks at once, where get_vectors would make an array each. `held`: as the mirror holds them,
         fewer dimensions with the same cosines among them, for work that compares them only with each other."""
         if model not in self.mirrors:
-            return self._fetch_read(model, track_ids)
+            _, index = self._reader(model)
+            return index.held(track_ids) if held and index is not None else self._fetch_read(model, track_ids)
         with self._lock:
             m = self.mirrors[model]
             have = [t for t in track_ids if t in m.pos]
@@ -319,26 +340,21 @@ class VectorStore:
             with self._lock:
                 return self.mirrors[model].search(vector, limit, exclude)
         exclude = set(exclude)
-        name, space = self._reader(model)
-        if space is None:
-            hits = self.milvus.search(name, vector[None], limit + len(exclude))[0]
-            return [(t, s) for t, s in hits if t not in exclude][:limit]
-        pool = self.milvus.search(name, space.raw_query(vector), max(POOL, limit + len(exclude)), vectors=True)[0]
-        ids = [t for t, _ in pool]
-        sims = _cosines(space.transform(np.array([v for _, v in pool], np.float32).reshape(len(pool), -1)), vector[None])[:, 0]
-        order = np.argsort(-sims, kind="stable")
-        return [(ids[i], float(sims[i])) for i in order if ids[i] not in exclude][:limit]
+        name, index = self._reader(model)
+        hits = (index.search(vector, limit + len(exclude)) if index is not None else self.milvus.search(name, vector, limit + len(exclude)))[0]
+        return [(t, s) for t, s in hits if t not in exclude][:limit]
 
     def similarities(self, model: str, queries: np.ndarray) -> tuple[Rows, np.ndarray]:
         """Cosine similarity of the tracks to each query: (track ids by row, (tracks, queries)). With the mirror,
-        every track, exactly; without, the union of each query's nearest POOL tracks (scored exactly)."""
+        every track, exactly; without, the union of each query's nearest POOL tracks (scored as
+        the mirror scores them: in the space as held)."""
         queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
         self._check_query(model, queries)
         if model not in self.mirrors:
-            name, space = self._reader(model)
-            near = self.milvus.search(name, queries if space is None else space.raw_query(queries), POOL)
-            ids, vectors = self.stacked(model, list(dict.fromkeys(t for hits in near for t, _ in hits)))
-            return Rows(ids, {t: i for i, t in enumerate(ids)}), _cosines(vectors, queries)
+            name, index = self._reader(model)
+            near = index.search(queries, POOL) if index is not None else self.milvus.search(name, queries, POOL)
+            ids, vectors = self.stacked(model, list(dict.fromkeys(t for hits in near for t, _ in hits)), held=True)
+            return Rows(ids, {t: i for i, t in enumerate(ids)}), _cosines(vectors, queries if index is None else index.space.project(queries))
         with self._lock:
             mirror = self.mirrors[model]
             return Rows(mirror.ids, mirror.pos), mirror.similarities(queries)
@@ -362,11 +378,11 @@ class VectorStore:
         """Every track id and its vector (in the model's space), in one consistent copy: for work over the whole
         library."""
         if model not in self.mirrors:
-            name, space = self._reader(model)
+            name, index = self._reader(model)
             parts = list(self.milvus.batches(name))
             ids = tuple(t for batch, _ in parts for t in batch)
             raw = np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self._dims[name]), np.float32)
-            return ids, (space.transform(raw) if space is not None else raw)
+            return ids, (index.space.transform(raw) if index is not None else raw)
         with self._lock:
             m = self.mirrors[model]
             return tuple(m.ids), m.vectors()
