@@ -15,7 +15,7 @@ from sidecar.data import space as space_module
 from sidecar.data import store as store_module
 from sidecar.data.mirror import Mirror
 from sidecar.data.space import MIN_FIT, Space
-from sidecar.data.space_index import index_names
+from sidecar.data.space_index import SpaceIndex, index_names
 from sidecar.data.store import VectorStore, collection_name, segments_name
 from sidecar.errors import Conflict
 from sidecar.plugins.api import Block
@@ -272,6 +272,37 @@ def test_without_the_mirror_a_server_searches_the_spaces_own_collection_with_sha
         writer._drop(collection_name(model))
         writer.close()
         reader.close()
+
+
+def test_a_writer_with_earlier_statistics_is_not_searched_until_it_adopts_the_stored_ones(tmp_path):
+    """Two processes writing one library (a worker and another; here two SpaceIndex on one Lite file): vectors
+    transformed with statistics other than the stored ones never meet a query, and their writer writes them
+    again once it sees the stored ones. Half-written statistics are waited for, not fitted over."""
+    store = VectorStore(str(tmp_path / "v.db"), mirror=False)
+    try:
+        store.ensure_collection("m", DIM, space=BLOCKS)
+        raw = library(300, seed=15)
+        ids = [uuid.uuid4().hex for _ in range(300)]
+        store.upsert("m", [(t, v, "h") for t, v in zip(ids[:100], raw[:100])])  # fitted over 100
+        mine = store._models["m"].index
+        other = SpaceIndex(store.milvus, collection_name("m"), Space.of(BLOCKS, DIM))
+        assert other.refresh(100, lambda: pytest.fail("fitted again")) and other.key == mine.key  # adopted
+
+        store.upsert("m", [(t, v, "h") for t, v in zip(ids[100:250], raw[100:250])])  # doubled: refitted
+        assert mine.space.fitted_on == 250 and other.key != mine.key
+        other.write(ids[250:], raw[250:])  # meanwhile the other process writes with what it has
+        store.milvus.client.upsert(collection_name("m"), [{"track_id": t, "vector": v.tolist(), "content_hash": "h"}
+                                                         for t, v in zip(ids[250:], raw[250:])])
+        q = mine.space.transform(raw[260])
+        assert ids[260] not in {t for t, _ in store.search("m", q, 300)}  # its vector is in another space
+        other.refresh(300, lambda: pytest.fail("fitted again"))  # sees the stored statistics, writes again
+        assert other.key == mine.key and store.search("m", q, 1)[0][0] == ids[260]
+
+        store.milvus.client.delete(index_names(collection_name("m"))[1], ids=["std"])  # half written
+        before = other.space
+        assert other.refresh(600, lambda: pytest.fail("fitted over half-written statistics")) is before
+    finally:
+        store.close()
 
 
 # ---- a new dimension
