@@ -274,6 +274,40 @@ def test_without_the_mirror_a_server_searches_the_spaces_own_collection_with_sha
         reader.close()
 
 
+@pytest.mark.slow
+def test_a_mirror_on_a_server_loads_the_spaces_own_collection_once_the_statistics_are_frozen(milvus_uri, monkeypatch):
+    monkeypatch.setattr(space_module, "FREEZE", 100)
+    monkeypatch.setattr(store_module, "FREEZE", 100)
+    model = "m" + uuid.uuid4().hex[:8]
+    raw = library(150, seed=16)
+    ids = [uuid.uuid4().hex for _ in range(150)]
+    writer = VectorStore(milvus_uri, mirror=False)
+    try:
+        writer.ensure_collection(model, DIM, space=BLOCKS)
+        writer.upsert(model, [(t, v, "h") for t, v in zip(ids, raw)])  # fitted over 150: frozen
+        index = writer._models[model].index
+        assert index.space.frozen
+        wait_searchable(writer, model, index.space.transform(raw[149])[0], ids[149])
+        api = VectorStore(milvus_uri, mirror=True)
+        read, batches = [], api.milvus.batches
+        monkeypatch.setattr(api.milvus, "batches", lambda name, *a, **k: read.append(name) or batches(name, *a, **k))
+        try:
+            api.ensure_collection(model, DIM, space=BLOCKS)
+            assert read == [index.vectors_name]  # the vectors as held, not the raw ones
+            mirror = api.mirrors[model]
+            # the shared statistics, and the vectors as the space collection holds them
+            assert mirror.space.fitted_on == 150 and np.array_equal(mirror.space.mean, index.space.mean)
+            have, held = index.held(ids)
+            assert np.allclose(mirror.held([mirror.pos[t] for t in have]), held, atol=1e-6)
+            q = index.space.transform(raw[7])[0]
+            assert [t for t, _ in api.search(model, q, 5)] == [t for t, _ in writer.search(model, q, 5)]
+        finally:
+            api.close()
+    finally:
+        writer._drop(collection_name(model))
+        writer.close()
+
+
 def test_a_writer_with_earlier_statistics_is_not_searched_until_it_adopts_the_stored_ones(tmp_path):
     """Two processes writing one library (a worker and another; here two SpaceIndex on one Lite file): vectors
     transformed with statistics other than the stored ones never meet a query, and their writer writes them
@@ -293,7 +327,7 @@ def test_a_writer_with_earlier_statistics_is_not_searched_until_it_adopts_the_st
         other.write(ids[250:], raw[250:])  # meanwhile the other process writes with what it has
         store.milvus.client.upsert(collection_name("m"), [{"track_id": t, "vector": v.tolist(), "content_hash": "h"}
                                                          for t, v in zip(ids[250:], raw[250:])])
-        q = mine.space.transform(raw[260])
+        q = mine.space.transform(raw[260])[0]
         assert ids[260] not in {t for t, _ in store.search("m", q, 300)}  # its vector is in another space
         other.refresh(300, lambda: pytest.fail("fitted again"))  # sees the stored statistics, writes again
         assert other.key == mine.key and store.search("m", q, 1)[0][0] == ids[260]

@@ -159,18 +159,18 @@ class Milvus:
             it.close()
         return out
 
-    def batches(self, name: str, batch_size: int = 8192, below: str | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Every stored (ids, vectors) (with `below`: those of the ids that sort before it), a batch at a time in id
-        order, as written so far (strong consistency on a server). Lite's are read in this process, without
-        loading the collection (LiteServer.rows)."""
+    def batches(self, name: str, batch_size: int = 8192, below: str | None = None, where: str = "") -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors) (with `below`: those of the ids that sort before it; with `where`: those
+        that match this Milvus filter), a batch at a time in id order, as written so far (strong consistency on
+        a server). Lite's are read in this process, without loading the collection (LiteServer.rows)."""
         with self.lock:
-            if self.lite is not None and (rows := self.lite.rows(name, VECTOR_FIELD, batch_size, below)) is not None:
+            if not where and self.lite is not None and (rows := self.lite.rows(name, VECTOR_FIELD, batch_size, below)) is not None:
                 self.touched(name)
                 yield from rows
                 return
             self._catch_up(name)
-            it = self.client.query_iterator(name, batch_size=batch_size, filter=f'{ID_FIELD} < "{below}"' if below else "",
-                                            output_fields=[ID_FIELD, VECTOR_FIELD])
+            where = " and ".join(w for w in (f'{ID_FIELD} < "{below}"' if below else "", where) if w)
+            it = self.client.query_iterator(name, batch_size=batch_size, filter=where, output_fields=[ID_FIELD, VECTOR_FIELD])
             while batch := it.next():
                 yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
             it.close()

@@ -40,12 +40,17 @@ class Mirror:
         """These rows as held (projected: cosines among them are the space's), as a new array."""
         return self._mat[rows]
 
-    def put(self, ids: list[str], vectors: np.ndarray, *, settle: bool = True) -> None:
-        """Raw vectors in (transformed here with the space's current statistics). `settle`: refit the space
-        if the library has grown enough (a loader putting batches settles once, at the end)."""
-        raw = np.asarray(vectors, np.float32).reshape(len(ids), -1)
-        held = self._held(raw)
-        for tid, v, r in zip(ids, held, raw):
+    def put(self, ids: list[str], vectors: np.ndarray, *, settle: bool = True, held: bool = False) -> None:
+        """Raw vectors in (transformed here with the space's current statistics), or with `held`, vectors
+        already as held (a frozen space's: no raw copy to keep). `settle`: refit the space if the library has
+        grown enough (a loader putting batches settles once, at the end)."""
+        if held:
+            assert self._raw is None, "vectors given as held need a frozen space"
+            raw, vectors = None, np.asarray(vectors, np.float32).reshape(len(ids), -1)
+        else:
+            raw = np.asarray(vectors, np.float32).reshape(len(ids), -1)
+            vectors = self._held(raw)
+        for k, (tid, v) in enumerate(zip(ids, vectors)):
             i = self.pos.get(tid)
             if i is None:
                 i = len(self.ids)
@@ -56,7 +61,7 @@ class Mirror:
             self._mat[i] = v
             self._inv_norm[i] = 1.0 / max(float(np.linalg.norm(v)), 1e-12)
             if self._raw is not None:
-                self._raw[i] = r
+                self._raw[i] = raw[k]
         if settle:
             self.settle()
 

@@ -31,7 +31,7 @@ from sidecar.data.milvus import HASH_FIELD, ID_FIELD, VECTOR_FIELD, quoted
 from sidecar.data.space import CHUNK, Space
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from sidecar.data.milvus import Milvus
 
@@ -151,6 +151,10 @@ class SpaceIndex:
     def search(self, queries: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         """Per query (in the full space), the nearest tracks and their cosines, as the mirror gives them."""
         return self.milvus.search(self.vectors_name, self.space.project(queries), limit, where=f'{HASH_FIELD} == "{self.key}"')
+
+    def batches(self, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every vector written with the current statistics, as held, a batch at a time."""
+        return self.milvus.batches(self.vectors_name, batch_size, where=f'{HASH_FIELD} == "{self.key}"')
 
     def held(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
         """Those of the tracks the collection has, in order, and their vectors as held (projected)."""

@@ -15,7 +15,9 @@ mirror, Milvus searches a second collection that holds every vector already in t
 holds it (SpaceIndex, space_index.py), with statistics fitted on a random sample of the stored vectors
 (SAMPLE tracks) and shared by every process through Milvus; fetched vectors are transformed exactly. Every
 store on a server keeps that collection up to date, mirror or not, since another process may read without
-one; on Lite only a store without a mirror does (Lite has one process, and the mirror needs none).
+one; on Lite only a store without a mirror does (Lite has one process, and the mirror needs none). A mirror
+on a server takes the shared statistics once they are frozen, and is then loaded from that collection: a
+fifth of the numbers to read for MusiCNN's 1,012-d vectors.
 
 A new dimension (a new version of an embedder) gets a collection of its own, `emb_<model>_D<dim>`, while the
 previous one keeps answering every read until each track it holds has a vector in the new one (or is deleted):
@@ -113,8 +115,8 @@ class VectorStore:
             c = self._models[model] = _Collections(write, read, template)
             index = self._refresh(c, force=True)
             if self.mirror:  # on a server, with the statistics every process shares once frozen
-                shared = index.space if index is not None and index.space.frozen else template
-                self.mirrors[model] = self._load_mirror(read, None if c.upgrading else shared)
+                shared = index if index is not None and index.space.frozen else None
+                self.mirrors[model] = self._load_mirror(read, None if c.upgrading else template, shared)
                 if c.upgrading:
                     c.filling = self._load_mirror(write, template)
                     c.pending = set(self.mirrors[model].ids) - set(c.filling.pos)
@@ -199,17 +201,36 @@ class VectorStore:
         """About SAMPLE random raw vectors of the collection (of n)."""
         return np.concatenate([*self.milvus.sample(name, n, SAMPLE), np.zeros((0, self._dims[name]), np.float32)])
 
-    def _load_mirror(self, name: str, space: Space | None) -> Mirror:
+    def _load_mirror(self, name: str, space: Space | None, shared: SpaceIndex | None = None) -> Mirror:
+        """The mirror of a collection, in `space` (None: raw). With `shared` (a space index whose statistics are
+        frozen), in its space, read from its collection: a fifth of the numbers to read for MusiCNN's vectors,
+        and only the tracks it lacks from the raw collection."""
         dim, n = self._dims[name], self.milvus.count(name)
-        if space is not None and n >= FREEZE and not space.frozen:  # from a sample, frozen: the mirror keeps no raw copy
+        if shared is not None:
+            space = shared.space
+        elif space is not None and n >= FREEZE:  # from a sample, frozen: the mirror keeps no raw copy
             space = space.fitted(self._sample(name, n), n)
         mirror = Mirror(dim, space, capacity=n)  # no copy growing
-        # pymilvus decodes a batch into Python floats (32 bytes each): about 2M of them at a time (65 MB)
-        for ids, vectors in self.milvus.batches(name, batch_size=min(8192, max(512, 2**21 // dim))):
-            mirror.put(ids, vectors, settle=False)
+        if shared is not None:
+            self._load_held(mirror, name, shared)
+        else:  # pymilvus decodes a batch into Python floats (32 bytes each): about 2M of them at a time (65 MB)
+            for ids, vectors in self.milvus.batches(name, batch_size=min(8192, max(512, 2**21 // dim))):
+                mirror.put(ids, vectors, settle=False)
         mirror.settle()  # the space's statistics over the whole library
         mirror.compact()
         return mirror
+
+    def _load_held(self, mirror: Mirror, name: str, shared: SpaceIndex) -> None:
+        """Fill the mirror from the space index's vectors, then the raw collection's tracks it lacks (written
+        by a process not yet on the frozen statistics), and drop any the raw collection no longer has."""
+        for ids, held in shared.batches(batch_size=min(8192, max(512, 2**21 // shared.space.held_dim))):
+            mirror.put(ids, held, settle=False, held=True)
+        have = set(self.milvus.ids(name))
+        mirror.remove([t for t in mirror.ids if t not in have])
+        missing = [t for t in have if t not in mirror.pos]
+        for i in range(0, len(missing), 1000):
+            if found := self.milvus.fetch(name, missing[i : i + 1000]):
+                mirror.put(list(found), np.stack(list(found.values())), settle=False)
 
     # ---- writes
     def follow(self, model: str, upserted: list[str], deleted: list[str]) -> None:
