@@ -253,6 +253,29 @@ def test_the_media_server_reads_and_writes(catalog):
     assert [p["playlist_id"] for p in catalog.playlists()] == ["p1"]
 
 
+def test_one_process_of_several_claims_each_due_playlist_run(target):
+    """API processes sharing a catalog check the same schedules: each due run goes to exactly one of them."""
+    first, second = Catalog(target), Catalog(target)
+    try:
+        first.save_playlist("p1", "Mix", "ann", [])
+        first.save_playlist("p2", "Fixed", "ann", [])
+        request = {"seeds": [{"track_id": "x"}], "limit": 4}
+        first.schedule_playlist("p1", 3600, request, last_run=1000.0)
+        [s] = second.playlist_schedules()
+        assert (s["playlist_id"], s["refresh_interval_s"], s["last_run"], s["recommendation"]) == ("p1", 3600, 1000.0, request)
+        assert [p["refresh_interval_s"] for p in second.playlists()] == [None, 3600]  # by name: Fixed, Mix
+        assert not first.claim_playlist_run("p1", 4000.0) and not first.claim_playlist_run("p2", 9999.0, force=True)
+        assert first.claim_playlist_run("p1", 4600.0)  # due: the first to ask takes it ...
+        assert not second.claim_playlist_run("p1", 4600.5)  # ... and the other finds it run
+        assert second.claim_playlist_run("p1", 4601.0, force=True)  # asked for: run now
+        assert first.playlist_schedules("p1")[0]["last_run"] == 4601.0
+        first.schedule_playlist("p1", None)  # replaced by a fixed list
+        assert second.playlist_schedules() == [] and not second.claim_playlist_run("p1", 1e12)
+    finally:
+        first.close()
+        second.close()
+
+
 # ---- the same recording in other files (sidecar/data/recordings.py)
 DSP = {"tempo_bpm": 120.0, "dynamics_db": 9.5, "percussiveness": 0.12, "brightness": 1800.0, "key_strength": 0.7}
 

@@ -4,6 +4,7 @@ resolved to the server's ids, the error log, and the adapter loader. The adapter
 real Subsonic server are in tests/test_subsonic.py."""
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -191,13 +192,31 @@ def test_playlist_tracks_resolve_to_server_ids_and_bad_ones_are_named(catalog, t
 
     catalog.save_playlist("p1", "mix", "ann", [t2, unmatched])
     catalog.save_playlist("p2", "other", "bob", [t1])
-    listed = written_playlists(catalog, "ann", {"p1": {"interval_s": 3600}})
+    catalog.schedule_playlist("p1", 3600, {"seeds": [{"track_id": t2}]}, 0.0)
+    listed = written_playlists(catalog, "ann")
     assert [(p.playlist_id, p.server_track_ids, p.refresh_interval_s) for p in listed.playlists] == [("p1", ["s2", None], 3600)]
-    assert [p.playlist_id for p in written_playlists(catalog, None, {}).playlists] == ["p1", "p2"]
+    assert [p.playlist_id for p in written_playlists(catalog, None).playlists] == ["p1", "p2"]
 
 
-async def test_only_playlists_the_sidecar_wrote_can_be_deleted(catalog, tmp_path):
-    writer = PlaylistWriter(catalog, None, None, tmp_path / "schedules.json")  # no server call before the check
+def test_an_earlier_versions_schedule_file_moves_into_the_catalog(catalog, tmp_path):
+    catalog.save_playlist("p1", "mix", "ann", [])
+    legacy = tmp_path / "media_playlists.json"
+    request = {"seeds": [{"track_id": "x"}], "limit": 4}
+    legacy.write_text(json.dumps({
+        "p1": {"name": "mix", "user": "ann", "interval_s": 600, "last_run": 5.0, "recommendation": request},
+        "gone": {"name": "old", "user": None, "interval_s": 600, "last_run": 5.0, "recommendation": request},  # not in the catalog
+    }))
+    PlaylistWriter(catalog, None, None, legacy_schedules=legacy)
+    assert [(s["playlist_id"], s["refresh_interval_s"], s["last_run"], s["recommendation"]) for s in catalog.playlist_schedules()] == [
+        ("p1", 600, 5.0, request)]
+    assert not legacy.exists() and legacy.with_suffix(".imported").exists()  # kept, under another name
+    legacy.write_text("{not json")
+    PlaylistWriter(catalog, None, None, legacy_schedules=legacy)  # logged, the file left alone
+    assert legacy.exists() and len(catalog.playlist_schedules()) == 1
+
+
+async def test_only_playlists_the_sidecar_wrote_can_be_deleted(catalog):
+    writer = PlaylistWriter(catalog, None, None)  # no server call before the check
     with pytest.raises(NotFound) as e:
         await writer.delete("the-users-own")
     assert e.value.field == "playlist_id"

@@ -601,9 +601,10 @@ async def test_end_to_end_ids_recommendations_playlists_and_webhooks(start_sidec
     entries = supysonic.call("getPlaylist", id=made["playlist_id"])["playlist"]["entry"]
     assert [e["id"] for e in entries] == made["track_ids"]
 
-    # a generated playlist is regenerated on its schedule (kept in the data dir), overwriting edits made meanwhile
+    # a generated playlist is regenerated on its schedule (kept in the catalog), overwriting edits made meanwhile
     assert made["refresh_interval_s"] == 3600
-    assert made["playlist_id"] in json.loads((sc.settings.data_dir / "media_playlists.json").read_text())
+    [schedule] = sc.catalog.playlist_schedules()
+    assert (schedule["playlist_id"], schedule["user"], schedule["recommendation"]) == (made["playlist_id"], "ann", request["recommendation"])
     async with adapter_for(supysonic) as a:
         await a.replace_playlist(made["playlist_id"], [songs[5].id])
         assert await sc.media.refresh_playlists() == []  # not due yet

@@ -512,10 +512,37 @@ class Catalog:
         return {r["track_id"]: (r["rating"], bool(r["starred"]), r["play_count"]) for r in rows}
 
     def playlists(self, user: str | None = None) -> list[dict]:
-        """The playlists the sidecar wrote (all, or one user's), by name, with their track ids parsed."""
+        """The playlists the sidecar wrote (all, or one user's), by name, with their track ids parsed and their
+        refresh interval (None: not generated on a schedule)."""
         where, args = ('WHERE "user" = ?', (user,)) if user is not None else ("", ())
-        rows = self._q(f'SELECT playlist_id, name, "user", track_ids, updated_at FROM playlists {where} ORDER BY name, playlist_id', args)
+        rows = self._q(f'SELECT playlist_id, name, "user", track_ids, updated_at, refresh_interval_s FROM playlists {where}'
+                       " ORDER BY name, playlist_id", args)
         return [dict(r, track_ids=json.loads(r["track_ids"])) for r in rows]
+
+    def schedule_playlist(self, playlist_id: str, interval_s: float | None, recommendation: dict | None = None,
+                          last_run: float | None = None) -> None:
+        """Regenerate the playlist from this recommendation request every interval_s (last run: `last_run`);
+        interval_s None: no longer."""
+        self._q("UPDATE playlists SET refresh_interval_s = ?, recommendation = ?, last_run = ? WHERE playlist_id = ?",
+                (interval_s, json.dumps(recommendation) if interval_s else None, last_run if interval_s else None, playlist_id))
+
+    def playlist_schedules(self, playlist_id: str | None = None) -> list[dict]:
+        """Every generated playlist (or this one, if it is): id, name, user, refresh_interval_s, last_run and its
+        recommendation request, parsed."""
+        where, args = ("AND playlist_id = ?", (playlist_id,)) if playlist_id is not None else ("", ())
+        rows = self._q('SELECT playlist_id, name, "user", refresh_interval_s, last_run, recommendation FROM playlists'
+                       f" WHERE refresh_interval_s IS NOT NULL {where} ORDER BY playlist_id", args)
+        return [dict(r, recommendation=json.loads(r["recommendation"])) for r in rows]
+
+    def claim_playlist_run(self, playlist_id: str, now: float, *, force: bool = False) -> bool:
+        """Take the playlist's next run if it is due (or `force`), so that of several processes checking the
+        same schedules one regenerates it: True for the one that took it."""
+        rows = self._q(
+            "UPDATE playlists SET last_run = ? WHERE playlist_id = ? AND refresh_interval_s IS NOT NULL"
+            " AND (? OR COALESCE(last_run, 0) + refresh_interval_s <= ?) RETURNING playlist_id",
+            (now, playlist_id, force, now),
+        )
+        return bool(rows)
 
     def delete_playlist(self, playlist_id: str) -> None:
         self._q("DELETE FROM playlists WHERE playlist_id = ?", (playlist_id,))

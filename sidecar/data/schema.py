@@ -10,7 +10,8 @@ The tables:
 - embeddings: per (track, model) the content hash and model version that produced the stored vector, or the
   reason it failed; a track is embedded again only when either differs;
 - failures: files that could not be decoded, with the reason;
-- replays, listens, ratings, external_ids (the media server's song ids), playlists;
+- replays, listens, ratings, external_ids (the media server's song ids), playlists (with the schedule of a
+  generated one: its interval, recommendation request and last run);
 - duplicate_keys: what finds the same recording in other files (tracks.duplicate_of, sidecar/data/recordings.py);
 - vector_log: every vector written or deleted, in order, so that processes which did not write it (API
   replicas beside ingest workers) bring their in-memory copy up to date.
@@ -164,6 +165,11 @@ MIGRATIONS: list[tuple[int, str, str | dict[str, str]]] = [
     }),
     (5, "the same recording in other files (sidecar/data/recordings.py): each track's group, and the values it is found by",
      _DUPLICATES),
+    (6, "generated playlists' schedules, shared by every API process (they were a JSON file in one data dir)", """
+ALTER TABLE playlists ADD COLUMN refresh_interval_s DOUBLE PRECISION;
+ALTER TABLE playlists ADD COLUMN recommendation TEXT;
+ALTER TABLE playlists ADD COLUMN last_run DOUBLE PRECISION
+"""),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -1,7 +1,7 @@
 """Playlists written to the media server: from tracks (our ids or the server's, in order) or from a
 recommendation request whose result becomes the playlist; a user's playlist of the same name is replaced;
-a generated one can be regenerated on a schedule (kept in the data folder). The catalog keeps what the
-sidecar wrote, by our ids."""
+a generated one can be regenerated on a schedule. The catalog keeps what the sidecar wrote, by our ids, and
+the schedules, so that every API process sees them and one of them runs each (Catalog.claim_playlist_run)."""
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +66,7 @@ def songs_for(catalog: "Catalog", engine: "Engine", req: PlaylistRequest) -> tup
     return pairs, [], []
 
 
-def written_playlists(catalog: "Catalog", user: str | None, schedules: dict[str, dict]) -> PlaylistList:
+def written_playlists(catalog: "Catalog", user: str | None) -> PlaylistList:
     """The playlists the sidecar wrote (one user's, or all), with the server's id of each track. Blocking."""
     rows = catalog.playlists(user)
     server = catalog.external_ids({t for r in rows for t in r["track_ids"]})
@@ -74,19 +74,20 @@ def written_playlists(catalog: "Catalog", user: str | None, schedules: dict[str,
         PlaylistInfo(
             playlist_id=r["playlist_id"], name=r["name"], user=r["user"], track_ids=r["track_ids"],
             server_track_ids=[server.get(t) for t in r["track_ids"]], updated_at=r["updated_at"],
-            refresh_interval_s=schedules.get(r["playlist_id"], {}).get("interval_s"),
+            refresh_interval_s=r["refresh_interval_s"],
         )
         for r in rows
     ])
 
 
 class PlaylistWriter:
-    """Writes playlists to one server; owns the schedules of the generated ones (a JSON file)."""
+    """Writes playlists to one server, and regenerates the generated ones on their schedules (in the catalog)."""
 
-    def __init__(self, catalog: "Catalog", engine: "Engine | None", adapter: "MediaServer", schedules_path: Path):
+    def __init__(self, catalog: "Catalog", engine: "Engine | None", adapter: "MediaServer", legacy_schedules: Path | None = None):
+        """`legacy_schedules`: the JSON file earlier versions kept the schedules in, moved into the catalog once."""
         self.catalog, self.engine, self.adapter = catalog, engine, adapter
-        self.schedules_path = schedules_path
-        self.schedules: dict[str, dict] = self._load()  # playlist id -> name, user, interval_s, last_run, recommendation
+        if legacy_schedules is not None and legacy_schedules.exists():
+            self._import(legacy_schedules)
 
     async def write(self, req: PlaylistRequest, owner: str | None) -> tuple[PlaylistResult, bool]:
         """Create or replace the playlist on the server; returns (result, created). `owner`: the server account
@@ -108,21 +109,18 @@ class PlaylistWriter:
         our_ids = [ours_by_server.get(s, s) for s in back]
         await asyncio.to_thread(self.catalog.save_playlist, playlist.id, playlist.name, req.user, our_ids)
         if req.refresh_interval_s:
-            self.schedules[playlist.id] = {
-                "name": playlist.name, "user": req.user, "interval_s": req.refresh_interval_s, "last_run": time.time(),
-                "recommendation": req.recommendation.model_dump(mode="json", exclude_unset=True),
-            }
-            self._save()
-        elif playlist.id in self.schedules and req.track_ids is not None:
-            self.schedules.pop(playlist.id)  # replaced by a fixed list: no longer generated
-            self._save()
+            recommendation = req.recommendation.model_dump(mode="json", exclude_unset=True)
+            await asyncio.to_thread(self.catalog.schedule_playlist, playlist.id, req.refresh_interval_s, recommendation, time.time())
+        elif req.track_ids is not None:  # a fixed list: no longer generated
+            await asyncio.to_thread(self.catalog.schedule_playlist, playlist.id, None)
+        schedule = await asyncio.to_thread(self.catalog.playlist_schedules, playlist.id)
         log.info(
             "media server %s: playlist %r %s with %d songs", self.adapter.url, playlist.name, "created" if created else "replaced", len(back)
         )
         return PlaylistResult(
             playlist_id=playlist.id, name=playlist.name, user=req.user, track_ids=back, sidecar_track_ids=our_ids,
             created=created, skipped=skipped, warnings=warnings,
-            refresh_interval_s=self.schedules.get(playlist.id, {}).get("interval_s"),
+            refresh_interval_s=schedule[0]["refresh_interval_s"] if schedule else None,
         ), created
 
     async def _put(self, req: PlaylistRequest, song_ids: list[str], owner: str | None) -> tuple[Playlist, bool]:
@@ -151,17 +149,17 @@ class PlaylistWriter:
         except MediaServerError as e:
             raise server_error(e) from None
         await asyncio.to_thread(self.catalog.delete_playlist, playlist_id)
-        if self.schedules.pop(playlist_id, None) is not None:
-            self._save()
 
     async def refresh(self, owner: str | None, errors: "ErrorLog", force: bool = False) -> list[str]:
-        """Re-run the recommendation of every generated playlist that is due; returns their ids."""
+        """Re-run the recommendation of every generated playlist that is due and that this process claims
+        first (several API processes check the same schedules); returns their ids."""
         done = []
-        for pid, s in list(self.schedules.items()):
-            if not force and time.time() - s.get("last_run", 0) < s["interval_s"]:
-                continue
+        for s in await asyncio.to_thread(self.catalog.playlist_schedules):
+            pid = s["playlist_id"]
+            if not await asyncio.to_thread(self.catalog.claim_playlist_run, pid, time.time(), force=force):
+                continue  # not due, or another process runs it
             req = PlaylistRequest(
-                name=s["name"], user=s.get("user"), playlist_id=pid, refresh_interval_s=s["interval_s"],
+                name=s["name"], user=s["user"], playlist_id=pid, refresh_interval_s=s["refresh_interval_s"],
                 recommendation=RecommendationRequest.model_validate(s["recommendation"]),
             )
             try:
@@ -170,27 +168,22 @@ class PlaylistWriter:
                 done.append(pid)
             except (Unavailable, UpstreamError) as e:  # the server: tried again at the next check
                 errors.record(f"{e} (regenerating playlist {s['name']!r})", source="playlists")
-                continue
+                await asyncio.to_thread(self.catalog.schedule_playlist, pid, s["refresh_interval_s"], s["recommendation"], s["last_run"])
             except DomainError as e:
                 log.error("regenerating playlist %r failed: %s", s["name"], e)
                 if isinstance(e, NotFound):  # deleted on the server
-                    self.schedules.pop(pid, None)
-            if pid in self.schedules:
-                self.schedules[pid]["last_run"] = time.time()
-            self._save()
+                    await asyncio.to_thread(self.catalog.schedule_playlist, pid, None)
         return done
 
-    def _load(self) -> dict[str, dict]:
+    def _import(self, path: Path) -> None:
+        """The schedules of an earlier version's JSON file, into the catalog (for the playlists it has); the file
+        is renamed, not deleted."""
         try:
-            return json.loads(self.schedules_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            log.error("cannot read the playlist schedules in %s: %s", self.schedules_path, e)
-            return {}
-
-    def _save(self) -> None:
-        tmp = self.schedules_path.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(self.schedules, indent=1))
-        tmp.replace(self.schedules_path)
+            old = json.loads(path.read_text())
+            for pid, s in old.items():
+                self.catalog.schedule_playlist(pid, s["interval_s"], s["recommendation"], s.get("last_run"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.error("cannot read the playlist schedules in %s (%s): they are not regenerated until written again", path, e)
+            return
+        path.replace(path.with_suffix(".imported"))
+        log.info("moved %d playlist schedules from %s into the catalog", len(old), path)

@@ -65,7 +65,7 @@ class MediaServerService:
         self.listings = 0  # completed listings, for tests and status
         self.scan_events = 0
         self.scans = ScanWatcher(adapter, self.errors, self.scan_finished, self.wake_for_resources, self._backoff())
-        self.playlists = PlaylistWriter(sc.catalog, sc.engine, adapter, s.data_dir / "media_playlists.json")
+        self.playlists = PlaylistWriter(sc.catalog, sc.engine, adapter, legacy_schedules=s.data_dir / "media_playlists.json")
         self._wake = asyncio.Event()
         self._want_full = False
         self._want_songs: set[str] = set()
@@ -331,11 +331,10 @@ class MediaServerService:
         every = self._opt("schedule_check_s", 30)
         while True:
             await asyncio.sleep(every)
-            if self.playlists.schedules:
-                try:
-                    await self.refresh_playlists()
-                except Exception:
-                    log.exception("regenerating playlists failed")
+            try:
+                await self.refresh_playlists()
+            except Exception:
+                log.exception("regenerating playlists failed")
 
     # ---- status
     def status(self) -> MediaServerStatus:

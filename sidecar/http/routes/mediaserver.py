@@ -84,8 +84,7 @@ async def create_playlist(request: web.Request) -> web.Response:
 async def list_playlists(request: web.Request) -> web.Response:
     sc = sidecar_of(request)
     user = parse_query(request, PlaylistsQuery).user or None
-    schedules = sc.media.playlists.schedules if sc.media is not None else {}
-    return json_response(await asyncio.to_thread(written_playlists, sc.catalog, user, schedules))
+    return json_response(await asyncio.to_thread(written_playlists, sc.catalog, user))
 
 
 @routes.delete("/api/playlists/{playlist_id}")
