@@ -12,6 +12,7 @@ import pytest
 from pydantic import Field
 
 from sidecar.plugins import CaseInsensitive, EmbedderUnavailable, Plugin, PluginNotInstalled, PluginOptions
+from sidecar.plugins.api import MediaServerOptions
 from sidecar.plugins.loader import EMBEDDERS, TEXT_ENCODERS, create_plugin, discover, load_embedders, load_text_encoder
 
 
@@ -130,3 +131,26 @@ def test_the_loader_gives_each_plugin_its_own_options_and_keeps_the_reasons(tmp_
     with pytest.raises(LookupError, match="no text encoder plugin named 'nope'") as ei:
         create_plugin(TEXT_ENCODERS, "nope")
     assert isinstance(ei.value, PluginNotInstalled) and isinstance(ei.value, EmbedderUnavailable)
+
+
+@pytest.mark.parametrize(
+    "options,says",
+    [
+        ({"retry_min_s": "soon"}, "SIDECAR_PLUGINS__SUBSONIC__RETRY_MIN_S='soon': input should be a valid number"),
+        ({"retries": "0"}, "SIDECAR_PLUGINS__SUBSONIC__RETRIES='0': input should be greater than or equal to 1"),
+        ({"method": "PUT"}, "input should be 'auto', 'get' or 'post'"),
+        ({"retry_min_s": "600"}, "retry_min_s (600) is longer than retry_max_s (300)"),
+        ({"evnts": "on"}, "did you mean SIDECAR_PLUGINS__SUBSONIC__EVENTS?"),
+    ],
+)
+def test_media_server_options_are_checked_like_a_plugins(options, says):
+    """SIDECAR_PLUGINS__SUBSONIC__*: the adapter's and the media-server service's options, typed and bounded."""
+
+    class Settings:
+        plugins = {"subsonic": options}
+
+    with pytest.raises(ValueError, match=re.escape(says)):
+        MediaServerOptions.of(Settings())
+    Settings.plugins = {"subsonic": {"EVENTS": "on", "method": "POST", "retry_min_s": "0.5", "page_size": ""}}
+    got = MediaServerOptions.of(Settings())
+    assert (got.events, got.method, got.retry_min_s, got.page_size) == (True, "post", 0.5, 500)

@@ -690,3 +690,12 @@ async def test_a_wrong_password_or_a_dead_server_leaves_the_sidecar_serving(star
     assert code == 503 and dead in body["error"] and "unreachable" in body["error"]
     assert (await http(sc, "GET", "/health"))[0] == 200
     assert_no_secret(caplog.text + json.dumps([status, refused, body]), "WrongPassword!", "pw-dead-secret")
+
+    # a misspelt option: the server is not used, the status names the variable and the closest option
+    await sc.media.close()
+    sc.media = MediaServerService(sc, settings=sc.settings.model_copy(update={"plugins": {"subsonic": {"retry_min": "1"}}}))
+    await sc.media.start()
+    code, status = await http(sc, "GET", "/api/mediaserver")
+    assert code == 200 and not status["connected"]
+    assert "SIDECAR_PLUGINS__SUBSONIC__RETRY_MIN='1'" in status["last_error"] and "did you mean SIDECAR_PLUGINS__SUBSONIC__RETRY_MIN_S" in status["last_error"]
+    assert (await http(sc, "GET", "/health"))[0] == 200

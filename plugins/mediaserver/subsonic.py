@@ -33,7 +33,7 @@ from plugins.mediaserver import (
     AuthError, Forbidden, MediaServerError, NotFound, Playlist, ScanStatus, ServerInfo, Song, Unreachable, parse_time,
     redact,
 )
-from sidecar.plugins.api import MediaServer
+from sidecar.plugins.api import MediaServer, MediaServerOptions
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,13 @@ class SubsonicAdapter(MediaServer):
     @classmethod
     def from_settings(cls, settings, **overrides) -> "SubsonicAdapter":
         """From the sidecar's settings: SIDECAR_MEDIA_SERVER_* and SIDECAR_PLUGINS__SUBSONIC__{TIMEOUT_S,
-        RETRIES, BACKOFF_S, METHOD (auto|get|post), PAGE_SIZE, CLIENT}."""
-        opts = dict(getattr(settings, "plugins", {}).get("subsonic", {}))
+        RETRIES, BACKOFF_S, METHOD, PAGE_SIZE, CLIENT} (MediaServerOptions)."""
+        o = MediaServerOptions.of(settings)
         kw: dict[str, Any] = dict(
             user=settings.media_server_user, password=settings.media_server_password,
-            api_key=settings.media_server_api_key, auth=settings.media_server_auth,
+            api_key=settings.media_server_api_key, auth=settings.media_server_auth, timeout_s=o.timeout_s,
+            retries=o.retries, backoff_s=o.backoff_s, page_size=o.page_size, method=o.method, client=o.client,
         )
-        for key, conv in (("timeout_s", float), ("retries", int), ("backoff_s", float), ("page_size", int), ("method", str), ("client", str)):
-            if key in opts:
-                kw[key] = conv(opts[key])
         kw.update(overrides)
         return cls(settings.media_server_url, **kw)
 

@@ -190,12 +190,14 @@ async def check_media_server(s: Settings) -> Check:
         return Check("media server", SKIP, "none configured (playlists are kept here only)",
                      "set SIDECAR_MEDIA_SERVER_URL and credentials to use Navidrome")
     from plugins.mediaserver import AuthError, MediaServerError, redact
+    from sidecar.plugins.api import MediaServerOptions
     from sidecar.plugins.loader import load_media_server
 
     try:
-        adapter = load_media_server(s.plugins.get("subsonic", {}).get("adapter", "subsonic"), s, retries=1, timeout_s=CONNECT_TIMEOUT_S)
+        adapter = load_media_server(MediaServerOptions.of(s).adapter, s, retries=1, timeout_s=CONNECT_TIMEOUT_S)
     except (ValueError, LookupError, TypeError) as e:
-        return Check("media server", FAIL, str(e), "fix SIDECAR_MEDIA_SERVER_URL")
+        fix = "fix that option" if "SIDECAR_PLUGINS__" in str(e) else "fix SIDECAR_MEDIA_SERVER_URL"
+        return Check("media server", FAIL, str(e), fix)
     try:
         info = await adapter.ping()
     except AuthError as e:

@@ -19,6 +19,7 @@ from sidecar.mediaserver.matching import Listing, PathMap, PendingSong, match_so
 from sidecar.mediaserver.playlists import PlaylistWriter
 from sidecar.mediaserver.scans import ScanWatcher
 from sidecar.mediaserver.sync import Note, apply_history, apply_listing, notes_of, store_ids
+from sidecar.plugins.api import MediaServerOptions
 from sidecar.plugins.loader import load_media_server
 
 if TYPE_CHECKING:
@@ -35,11 +36,14 @@ class MediaServerService:
     def __init__(self, sc: "Sidecar", settings=None, adapter: "MediaServer | None" = None):
         self.sc = sc
         self.settings = s = settings or sc.settings
-        self.options: dict[str, str] = dict(s.plugins.get("subsonic", {}))
         problem = None
-        if adapter is None:
+        try:
+            self.options = MediaServerOptions.of(s)
+        except ValueError as e:
+            self.options, adapter, problem = MediaServerOptions(), None, f"media server {redact(s.media_server_url)} is not used: {e}"
+        if adapter is None and problem is None:
             try:
-                adapter = load_media_server(self.options.get("adapter", "subsonic"), s)
+                adapter = load_media_server(self.options.adapter, s)
             except (ValueError, LookupError, TypeError) as e:
                 problem = f"media server {redact(s.media_server_url)} is not usable: {e}"
         try:
@@ -74,14 +78,8 @@ class MediaServerService:
         self._warned_unmatched = False
         self._played_seen: dict[str, float] = {}  # song id -> the last play recorded as a listen
 
-    def _opt(self, key: str, default: float) -> float:
-        try:
-            return float(self.options.get(key, default))
-        except ValueError:
-            return default
-
     def _backoff(self) -> tuple[float, float]:
-        return self._opt("retry_min_s", 5), self._opt("retry_max_s", 300)
+        return self.options.retry_min_s, self.options.retry_max_s
 
     @property
     def error(self) -> str | None:
@@ -133,7 +131,7 @@ class MediaServerService:
         self._tasks.append(asyncio.create_task(self._pending_loop(), name="media-server-pending"))
         self._tasks.append(asyncio.create_task(self.scans.poll(self.settings.media_server_scan_poll_s), name="media-server-scan-poll"))
         self._tasks.append(asyncio.create_task(self._schedule_loop(), name="media-server-playlists"))
-        if self.options.get("events", "off").lower() in ("on", "true", "1", "yes"):
+        if self.options.events:
             self._tasks.append(asyncio.create_task(self.scans.follow_events(), name="media-server-events"))
         interval = self.settings.media_server_sync_interval_s
         delay = lo
@@ -224,7 +222,7 @@ class MediaServerService:
 
     async def _pending_loop(self) -> None:
         """Match waiting songs as the catalog gains files (no server call: only the catalog is read)."""
-        every = self._opt("pending_check_s", 2)
+        every = self.options.pending_check_s
         while True:
             await asyncio.sleep(every)
             try:
@@ -293,7 +291,7 @@ class MediaServerService:
         notes = notes_of(starred, into=self.notes)
         for kind in () if self.plays_reported else ("recent", "frequent"):
             try:
-                notes = notes_of(await self.adapter.played_songs(kind, int(self._opt("played_albums", 50))), into=notes)
+                notes = notes_of(await self.adapter.played_songs(kind, self.options.played_albums), into=notes)
             except (AuthError, Unreachable):
                 raise
             except MediaServerError as e:
@@ -328,7 +326,7 @@ class MediaServerService:
         return await self.playlists.refresh(self.user, self.errors, force)
 
     async def _schedule_loop(self) -> None:
-        every = self._opt("schedule_check_s", 30)
+        every = self.options.schedule_check_s
         while True:
             await asyncio.sleep(every)
             try:

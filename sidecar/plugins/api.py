@@ -21,10 +21,10 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.embedding import EmbedResult
 
@@ -173,6 +173,43 @@ class TextEncoder(Plugin, ABC):
     @abstractmethod
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised. Thread-safe after `load`."""
+
+
+MEDIA_SERVER_OPTIONS = "subsonic"  # SIDECAR_PLUGINS__SUBSONIC__*, whichever adapter: the name the docs have always used
+
+
+class MediaServerOptions(PluginOptions):
+    """SIDECAR_PLUGINS__SUBSONIC__*: how the sidecar talks to the media server (the adapter's requests) and how
+    often the media-server service looks again (sidecar/mediaserver/service.py). Read with `of(settings)`."""
+
+    adapter: str = Field("subsonic", min_length=1, description="the media-server adapter (an entry point of sidecar.media_servers)")
+    events: bool = Field(False, description="on: follow Navidrome's server-sent events")
+    method: Annotated[Literal["auto", "get", "post"], CaseInsensitive] = Field(
+        "auto", description="get, post, or auto: form POSTs when the server advertises OpenSubsonic formPost")
+    timeout_s: float = Field(15.0, gt=0, le=600, allow_inf_nan=False, description="seconds per request")
+    retries: int = Field(3, ge=1, le=20, description="attempts per request in all")
+    backoff_s: float = Field(0.5, ge=0, le=60, allow_inf_nan=False, description="first backoff between attempts (doubling)")
+    client: str = Field("music-sidecar", min_length=1, description="the Subsonic client name the server sees")
+    page_size: int = Field(500, ge=1, le=10_000, description="songs per search3 page")
+    retry_min_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False, description="first wait before trying a server that is down again")
+    retry_max_s: float = Field(300.0, gt=0, le=86_400, allow_inf_nan=False, description="longest wait between those tries")
+    pending_check_s: float = Field(2.0, gt=0, le=3600, allow_inf_nan=False, description="how often new files are matched to the server's songs")
+    played_albums: int = Field(50, ge=1, le=500, description="recently and most played albums read for the listening history")
+    schedule_check_s: float = Field(30.0, gt=0, le=86_400, allow_inf_nan=False, description="how often generated playlists are checked for a due run")
+
+    @model_validator(mode="after")
+    def _waits_in_order(self) -> Self:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(f"retry_min_s ({self.retry_min_s:g}) is longer than retry_max_s ({self.retry_max_s:g})")
+        return self
+
+    @classmethod
+    def of(cls, settings: Any) -> MediaServerOptions:
+        """From the settings' plugin options; ValueError naming each wrong variable."""
+        try:
+            return cls.parse(MEDIA_SERVER_OPTIONS, getattr(settings, "plugins", {}).get(MEDIA_SERVER_OPTIONS, {}))
+        except EmbedderUnavailable as e:
+            raise ValueError(str(e)) from None
 
 
 @runtime_checkable
