@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from plugins.embedders import dsp as dsp_module
 from plugins.embedders.dsp import PITCHES, DspEmbedder
 from schemas.embedding import EmbedResult
 
@@ -171,6 +172,24 @@ def test_long_tracks_are_analysed_on_excerpts(dsp):
     assert abs(f["tempo_bpm"] - 120) <= 2.0, f
     assert f["energy"] == pytest.approx(float(np.mean(x.astype(np.float64) ** 2)), rel=1e-4)
     assert time.perf_counter() - started < 20  # bounded by the excerpts, not the length
+
+
+def test_blocks_of_frames_give_what_one_block_gives(dsp, monkeypatch):
+    """The STFT and the median filters work a block at a time (memory): block edges change nothing. A chord
+    progression with clicks and a silent gap, so that active frames, every 4th of them and both filters'
+    edges fall inside and across blocks."""
+    x = np.concatenate([C_MAJOR + clicks(100, len(C_MAJOR) / SR), np.zeros(SR, np.float32), A_MINOR])
+    whole = dsp.embed(x)
+    monkeypatch.setattr(dsp_module, "BLOCK_FRAMES", 37)  # frames at a time, not a divisor of anything here
+    monkeypatch.setattr(dsp_module, "MEDIAN_BLOCK", 5000)  # a few rows per partition
+    blocked = dsp.embed(x)
+    assert np.allclose(blocked.vector, whole.vector, rtol=0, atol=1e-5)
+    words = {k for k, v in whole.features.items() if isinstance(v, str)}
+    assert {k: blocked.features[k] for k in words} == {k: whole.features[k] for k in words}
+    # rounded as stored (brightness to 0.1 Hz, the rest finer): equal, or one step apart where a sum in another
+    # order crossed a rounding edge (the vector above is the close check)
+    assert {k: v for k, v in blocked.features.items() if k not in words} == pytest.approx(
+        {k: v for k, v in whole.features.items() if k not in words}, rel=0, abs=0.11)
 
 
 def test_thread_safe(dsp):

@@ -110,6 +110,8 @@ TEMPO_MIN, TEMPO_MAX = 30.0, 300.0
 HPSS_TIME_KERNEL = 9  # frames of 46 ms: 0.42 s
 HPSS_FREQ_KERNEL = 17  # mel bands
 CONTRAST_STEP = 4  # spectral contrast is averaged over every 4th active frame
+BLOCK_FRAMES = 2048  # STFT frames at a time (48 s of audio): about 50 MB of spectra, whatever the track's length
+MEDIAN_BLOCK = 1 << 22  # values the HPSS median filters sort at a time (16 MB)
 EPS = 1e-10
 
 PITCHES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -174,8 +176,12 @@ def _median_filter(x: np.ndarray, k: int, axis: int) -> np.ndarray:
     """
     if axis == 0:
         return np.ascontiguousarray(_median_filter(np.ascontiguousarray(x.T), k, 1).T)
-    view = sliding_window_view(np.pad(x, ((0, 0), (k // 2, k // 2)), mode="symmetric"), k, axis=1)
-    return np.partition(view, k // 2, axis=-1)[..., k // 2]
+    padded = np.pad(x, ((0, 0), (k // 2, k // 2)), mode="symmetric")
+    out = np.empty(x.shape, x.dtype)
+    rows = max(1, MEDIAN_BLOCK // max(1, x.shape[1] * k))  # partition copies the view: k values per input value
+    for i in range(0, len(x), rows):
+        out[i : i + rows] = np.partition(sliding_window_view(padded[i : i + rows], k, axis=1), k // 2, axis=-1)[..., k // 2]
+    return out
 
 
 def _spectral_contrast(S: np.ndarray, freqs: np.ndarray, bands: list[np.ndarray], quantile: float = 0.02):
@@ -293,6 +299,10 @@ class DspEmbedder(Embedder):
     def load(self, models_dir: Path) -> None:  # no weights
         return None
 
+    def _magnitudes(self, frames: np.ndarray) -> np.ndarray:
+        """|STFT| of these frames of samples: (N_FFT // 2 + 1, frames), float32."""
+        return np.abs(scipy.fft.rfft(frames * self._window, axis=1)).T
+
     def embed(self, audio: np.ndarray) -> EmbedResult:
         import librosa
 
@@ -321,31 +331,41 @@ class DspEmbedder(Embedder):
             lev = lev[lev > _db(np.mean(10 ** (lev / 10))) - 20.0]
         dynamics_db = float(np.percentile(lev, 95) - np.percentile(lev, 10)) if len(lev) >= 2 else 0.0
 
-        # ---- one STFT, everything spectral derives from it
+        # ---- one STFT (librosa's: centred, zero-padded), everything spectral derives from it, a block of frames at
+        # a time: a 10-minute track's whole spectrogram would hold about 0.4 GB at once
         x = _excerpts(y)
-        D = librosa.stft(x, n_fft=N_FFT, hop_length=HOP, window=self._window, center=True, dtype=np.complex64)
-        S = np.abs(D)
-        del D
-        P = S * S
-
-        # frame mean square of the (Hann-weighted) samples, by Parseval, as librosa.feature.rms does
-        frame_ms = (2.0 * P.sum(axis=0) - P[0] - P[-1]) / (N_FFT * self._win_power)
+        frames = sliding_window_view(np.pad(x, N_FFT // 2), N_FFT)[::HOP]  # a view: (1 + len(x) // HOP, N_FFT)
+        n = len(frames)
+        frame_ms, mag, centroid_sum = np.empty(n), np.empty(n, np.float32), np.empty(n, np.float32)
+        mel = np.empty((N_MELS, n), np.float32)  # power
+        chroma = np.empty((12, n), np.float32)
+        for i in range(0, n, BLOCK_FRAMES):
+            S = self._magnitudes(frames[i : i + BLOCK_FRAMES])
+            P = S * S
+            # frame mean square of the (Hann-weighted) samples, by Parseval, as librosa.feature.rms does
+            frame_ms[i : i + len(P.T)] = (2.0 * P.sum(axis=0) - P[0] - P[-1]) / (N_FFT * self._win_power)
+            mel[:, i : i + len(P.T)] = self._mel_fb @ P
+            mag[i : i + len(S.T)] = S.sum(axis=0)
+            centroid_sum[i : i + len(S.T)] = self._freqs32 @ S
+            chroma[:, i : i + len(S.T)] = self._chroma_fb @ S
         active = _db(frame_ms) >= ACTIVE_DB
         if active.sum() < 2:
             active[:] = True
 
-        mel = self._mel_fb @ P  # (128, T) power
         log_mel = librosa.power_to_db(mel, ref=1.0, amin=EPS, top_db=80.0)
         mfcc = scipy.fft.dct(log_mel, type=2, axis=0, norm="ortho")[1 : 1 + N_MFCC][:, active]
         mfcc_mean, mfcc_std = mfcc.mean(axis=1), mfcc.std(axis=1)
 
-        Sa = S[:, active]
-        mag = Sa.sum(axis=0)
-        centroid = (self._freqs32 @ Sa) / np.maximum(mag, EPS)
+        mag, centroid = mag[active], centroid_sum[active] / np.maximum(mag[active], EPS)
         brightness = float(np.mean(centroid[mag > EPS])) if np.any(mag > EPS) else 0.0
-        contrast = _spectral_contrast(Sa[:, ::CONTRAST_STEP], self._freqs, self._bands).mean(axis=1)
+        # spectral contrast of every CONTRAST_STEP-th active frame: their spectra again, a quarter of the frames
+        picked = np.flatnonzero(active)[::CONTRAST_STEP]
+        contrast = np.zeros(len(self._bands))
+        for i in range(0, len(picked), BLOCK_FRAMES):
+            contrast += _spectral_contrast(self._magnitudes(frames[picked[i : i + BLOCK_FRAMES]]), self._freqs, self._bands).sum(axis=1)
+        contrast /= len(picked)
 
-        chroma = self._chroma_fb @ Sa
+        chroma = chroma[:, active]
         chroma = chroma / np.maximum(chroma.max(axis=0, keepdims=True), EPS)
         chroma_mean = chroma.mean(axis=1)
         tonic, scale, key_strength = _key(chroma_mean)
