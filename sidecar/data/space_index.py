@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from sidecar.data.milvus import Milvus
+    from sidecar.data.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,18 @@ class SpaceIndex:
     def batches(self, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every vector written with the current statistics, as held, a batch at a time."""
         return self.milvus.batches(self.vectors_name, batch_size, where=f'{HASH_FIELD} == "{self.key}"')
+
+    def fill(self, mirror: Mirror) -> None:
+        """A mirror in this (frozen) space, filled from this collection, then with the raw collection's tracks
+        it lacks (written by a process not yet on these statistics), less any the raw collection lost."""
+        for ids, held in self.batches(batch_size=min(8192, max(512, 2**21 // self.space.held_dim))):
+            mirror.put(ids, held, settle=False, held=True)
+        have = set(self.milvus.ids(self.source))
+        mirror.remove([t for t in mirror.ids if t not in have])
+        missing = [t for t in have if t not in mirror.pos]
+        for i in range(0, len(missing), 1000):
+            if found := self.milvus.fetch(self.source, missing[i : i + 1000]):
+                mirror.put(list(found), np.stack(list(found.values())), settle=False)
 
     def held(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
         """Those of the tracks the collection has, in order, and their vectors as held (projected)."""

@@ -1,8 +1,7 @@
 """Vectors in Milvus: one collection per embedder and dimension, primary key = track id, cosine metric.
 
-Writes are upserts keyed by track id, so replaying an event leaves one row per (track, model). A Milvus Lite
-file is the embedded default; a server URI is used as it is. All calls are blocking: callers run them in a
-worker thread (asyncio.to_thread), never on the event loop.
+Writes are upserts keyed by track id (a replayed event leaves one row per track and model). Milvus Lite is the
+embedded default; a server URI is used as it is. Calls block: callers run them in a worker thread.
 
 Milvus is the store of record and keeps the raw vectors. Reads of track vectors (search, get) are served from
 an exact in-memory mirror of each collection, loaded at start and kept in step by every write: an exact search
@@ -10,20 +9,17 @@ over 100k 200-d vectors is a few milliseconds of numpy, where Milvus Lite takes 
 
 Where the embedder declares a similarity space (Embedder.space; sidecar/data/space.py), every read returns
 and compares vectors in that space, and every query vector is taken to be in it. The mirror holds them
-transformed, with statistics fitted over the whole library (again as it doubles or halves). Without the
-mirror, Milvus searches a second collection that holds every vector already in the space, as the mirror
-holds it (SpaceIndex, space_index.py), with statistics fitted on a random sample of the stored vectors
-(SAMPLE tracks) and shared by every process through Milvus; fetched vectors are transformed exactly. Every
-store on a server keeps that collection up to date, mirror or not, since another process may read without
-one; on Lite only a store without a mirror does (Lite has one process, and the mirror needs none). A mirror
-on a server takes the shared statistics once they are frozen, and is then loaded from that collection: a
-fifth of the numbers to read for MusiCNN's 1,012-d vectors.
+transformed, with statistics fitted over the whole library (again as it doubles or halves). Without it,
+Milvus searches a second collection of the vectors already in the space (SpaceIndex, space_index.py: its
+statistics fitted on SAMPLE tracks and shared by every process through Milvus). Every store on a server
+keeps that collection, mirror or not (another process may read without one); on Lite only a store without
+a mirror does. A mirror on a server loads from it once its statistics are frozen.
 
 A new dimension (a new version of an embedder) gets a collection of its own, `emb_<model>_D<dim>`, while the
 previous one keeps answering every read until each track it holds has a vector in the new one (or is deleted):
-then reads move over and the previous collection is dropped (logged). During that time new tracks are written
-but not yet searched, and the previous collection is compared by plain cosine. A track the new version fails
-on keeps the previous collection in service: retry it (`sidecar replay`) or remove the file.
+then reads move over and the previous collection is dropped (logged). Meanwhile new tracks are written but not
+searched, and the previous collection is compared by plain cosine; a track the new version fails on keeps it in
+service: retry it (`sidecar replay`) or remove the file.
 """
 from __future__ import annotations
 
@@ -166,15 +162,13 @@ class VectorStore:
         log.warning("%s: every track has its %d-d vector; searches use them now, and %s is dropped",
                     model, self._dims[c.write], previous)
 
-    def _drop(self, name: str) -> None:
-        """A raw collection and its space index's collections."""
+    def _drop(self, name: str) -> None:  # a raw collection, and its space index's
         for n in (name, *index_names(name)):
             self.milvus.drop(n)
 
     def _refresh(self, c: _Collections, *, force: bool = False) -> SpaceIndex | None:
-        """The model's space index, its statistics checked against the library's size (SpaceIndex.refresh) when
-        REFIT_CHECK_S have passed or this store's writes may have made them due; None where there is none: no
-        space, an upgrade under way, or Lite with a mirror (see the module doc)."""
+        """The model's space index, its statistics checked (SpaceIndex.refresh) when REFIT_CHECK_S have passed or
+        this store's writes may have made them due; None without a space, while upgrading, or on Lite with a mirror."""
         if c.space is None or c.upgrading or (self.mirror and self.is_lite):
             return None
         if c.index is None:
@@ -202,9 +196,7 @@ class VectorStore:
         return np.concatenate([*self.milvus.sample(name, n, SAMPLE), np.zeros((0, self._dims[name]), np.float32)])
 
     def _load_mirror(self, name: str, space: Space | None, shared: SpaceIndex | None = None) -> Mirror:
-        """The mirror of a collection, in `space` (None: raw). With `shared` (a space index whose statistics are
-        frozen), in its space, read from its collection: a fifth of the numbers to read for MusiCNN's vectors,
-        and only the tracks it lacks from the raw collection."""
+        """The mirror of a collection, in `space` (None: raw), or read from `shared` (frozen statistics)."""
         dim, n = self._dims[name], self.milvus.count(name)
         if shared is not None:
             space = shared.space
@@ -212,25 +204,13 @@ class VectorStore:
             space = space.fitted(self._sample(name, n), n)
         mirror = Mirror(dim, space, capacity=n)  # no copy growing
         if shared is not None:
-            self._load_held(mirror, name, shared)
+            shared.fill(mirror)
         else:  # pymilvus decodes a batch into Python floats (32 bytes each): about 2M of them at a time (65 MB)
             for ids, vectors in self.milvus.batches(name, batch_size=min(8192, max(512, 2**21 // dim))):
                 mirror.put(ids, vectors, settle=False)
         mirror.settle()  # the space's statistics over the whole library
         mirror.compact()
         return mirror
-
-    def _load_held(self, mirror: Mirror, name: str, shared: SpaceIndex) -> None:
-        """Fill the mirror from the space index's vectors, then the raw collection's tracks it lacks (written
-        by a process not yet on the frozen statistics), and drop any the raw collection no longer has."""
-        for ids, held in shared.batches(batch_size=min(8192, max(512, 2**21 // shared.space.held_dim))):
-            mirror.put(ids, held, settle=False, held=True)
-        have = set(self.milvus.ids(name))
-        mirror.remove([t for t in mirror.ids if t not in have])
-        missing = [t for t in have if t not in mirror.pos]
-        for i in range(0, len(missing), 1000):
-            if found := self.milvus.fetch(name, missing[i : i + 1000]):
-                mirror.put(list(found), np.stack(list(found.values())), settle=False)
 
     # ---- writes
     def follow(self, model: str, upserted: list[str], deleted: list[str]) -> None:
@@ -318,8 +298,7 @@ class VectorStore:
                            "(made for another version of the model?)")
 
     def _reader(self, model: str) -> tuple[str, SpaceIndex | None]:
-        """Without a mirror: the collection reads come from, and the space index that searches it in the model's
-        space (None: compared raw)."""
+        """Without a mirror: the collection reads come from, and its space index (None: compared raw)."""
         c = self._c(model)
         if c.upgrading and not self.milvus.exists(c.read):  # another process finished the upgrade
             self._switch(model, c)
@@ -341,9 +320,8 @@ class VectorStore:
             return self.mirrors[model].get(list(track_ids))
 
     def stacked(self, model: str, track_ids: list[str], *, held: bool = False) -> tuple[list[str], np.ndarray]:
-        """Those of `track_ids` the model has, in their order, and their vectors as one (n, dim) array (a copy):
-        for many tracks at once, where get_vectors would make an array each. `held`: as the mirror holds them,
-        fewer dimensions with the same cosines among them, for work that compares them only with each other."""
+        """Those of `track_ids` the model has, in order, and their vectors as one (n, dim) array (a copy). `held`: as
+        the mirror holds them (fewer dimensions, the same cosines), for work that compares them with each other."""
         if model not in self.mirrors:
             _, index = self._reader(model)
             return index.held(track_ids) if held and index is not None else self._fetch_read(model, track_ids)
@@ -367,8 +345,7 @@ class VectorStore:
 
     def similarities(self, model: str, queries: np.ndarray) -> tuple[Rows, np.ndarray]:
         """Cosine similarity of the tracks to each query: (track ids by row, (tracks, queries)). With the mirror,
-        every track, exactly; without, the union of each query's nearest POOL tracks (scored as
-        the mirror scores them: in the space as held)."""
+        every track, exactly; without, the union of each query's nearest POOL tracks (scored as held)."""
         queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
         self._check_query(model, queries)
         if model not in self.mirrors:
