@@ -52,7 +52,14 @@ def real_tracks(n: int) -> list[Path]:
     return sorted(tracks, key=lambda p: (p.parent.name, p.name))[:n]
 
 
-def ingest(workers: int, tracks: list[Path], work: Path, bootstrap: str, pg: PostgresServer, milvus_uri: str, models: Path) -> dict:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ingest(workers: int, tracks: list[Path], work: Path, bootstrap: str, pg: PostgresServer, milvus: MilvusStandalone,
+           milvus_uri: str, models: Path) -> dict:
     """Tracks/hour with `workers` worker processes on a fresh topic, catalog and Milvus collections."""
     from pymilvus import MilvusClient
 
@@ -80,7 +87,7 @@ def ingest(workers: int, tracks: list[Path], work: Path, bootstrap: str, pg: Pos
     catalog = Catalog(catalog_url)
     try:
         time.sleep(8)  # let every worker join the group before there is work: a rebalance mid-run would cost the run
-        t0 = time.perf_counter()
+        t0, server0 = time.perf_counter(), cpu_s(milvus.proc.pid)
         subprocess.run([sys.executable, "-m", "sidecar.cli", "rescan"], env=dict(os.environ, **env), check=True, capture_output=True)
         done = 0
         while done < len(tracks):
@@ -91,13 +98,14 @@ def ingest(workers: int, tracks: list[Path], work: Path, bootstrap: str, pg: Pos
             done = catalog.db.query(
                 "SELECT COUNT(DISTINCT track_id) AS n FROM embeddings WHERE status = 'done' AND model = 'dsp'"
             )[0]["n"]
-        wall = time.perf_counter() - t0
+        wall, server = time.perf_counter() - t0, cpu_s(milvus.proc.pid) - server0
         shares = [r["n"] for r in catalog.db.query("SELECT COUNT(*) AS n FROM embeddings WHERE model = 'dsp' GROUP BY analysed_by")]
     finally:
         catalog.close()
         for p in procs:
             p.kill()
-    return {"workers": workers, "tracks": len(tracks), "wall_s": wall, "tracks_per_hour": len(tracks) / wall * 3600, "shares": sorted(shares)}
+    return {"workers": workers, "tracks": len(tracks), "wall_s": wall, "tracks_per_hour": len(tracks) / wall * 3600,
+            "shares": sorted(shares), "milvus_cpu_s": server}
 
 
 def build_vectors(n: int, catalog_url: str, milvus_uri: str, seed: int = 0) -> None:
@@ -210,7 +218,7 @@ def main() -> None:
         if not args.skip_ingest:
             tracks = real_tracks(args.tracks)
             for workers in (1, 2):
-                runs.append(ingest(workers, tracks, work, bootstrap, pg, milvus_uri, models))
+                runs.append(ingest(workers, tracks, work, bootstrap, pg, milvus, milvus_uri, models))
                 print(json.dumps(runs[-1]), flush=True)
         modes = []
         if not args.skip_queries:
@@ -231,9 +239,10 @@ def main() -> None:
     print(f"\n### Scale, {date.today()}, {platform.machine()} with {os.cpu_count()} cores; load average before {load0:.2f}, "
           f"after {os.getloadavg()[0]:.2f}\n")
     if runs:
-        print("| ingest workers (1 analysis thread each) | tracks | wall (s) | tracks/hour | tracks per worker |\n|---|---:|---:|---:|---|")
+        print("| ingest workers (1 analysis thread each) | tracks | wall (s) | tracks/hour | tracks per worker | Milvus server CPU (s) |\n"
+              "|---|---:|---:|---:|---|---:|")
         for r in runs:
-            print(f"| {r['workers']} | {r['tracks']} | {r['wall_s']:.1f} | {r['tracks_per_hour']:,.0f} | {', '.join(map(str, r['shares']))} |")
+            print(f"| {r['workers']} | {r['tracks']} | {r['wall_s']:.1f} | {r['tracks_per_hour']:,.0f} | {', '.join(map(str, r['shares']))} | {r['milvus_cpu_s']:.1f} |")
         print(f"\nratio 2 workers / 1 worker: {runs[1]['tracks_per_hour'] / runs[0]['tracks_per_hour']:.2f}\n")
     if modes:
         print(f"| similar_tracks from `sidecar api`, {args.vectors:,} vectors | p50 (ms) | p99 (ms) | recall@25 vs exact "
