@@ -13,6 +13,7 @@ from sidecar.data.store import VectorStore
 class MirrorStore:
     get_vectors, stacked, search, similarities = VectorStore.get_vectors, VectorStore.stacked, VectorStore.search, VectorStore.similarities
     size, snapshot, track_ids, _check_query = VectorStore.size, VectorStore.snapshot, VectorStore.track_ids, VectorStore._check_query
+    held_stamp = VectorStore.held_stamp
 
     def __init__(self, vectors: dict[str, tuple[list[str], np.ndarray]]):
         """vectors: model -> (track ids, their vectors)."""

@@ -191,6 +191,11 @@ def test_the_map_is_patched_for_small_changes_and_refitted_for_large_ones(lib):
     lib.store.remove("m", [t for t in lib.ids if lib.kind[t] == "A"][:5])  # 6 changes of 61: past the drift allowed
     refit = refresh_projection(lib.store, "m", "pca", placed, 5)
     assert refit.fitted == frozenset(refit.ids) and len(refit.ids) == 2 * PER_KIND + 2 - 5 and refit.version == 5
+    # the space refitted (its held vectors on other axes): one new track is enough for a new fit, not a patch
+    lib.store.put("m", [lib.add("one more")], lib.store.get_vectors("m", [src])[src][None])
+    lib.store.held_stamp = lambda model: "refitted"
+    again = refresh_projection(lib.store, "m", "pca", refit, 6)
+    assert again.fitted == frozenset(again.ids) != refit.fitted and again.sig[-1] == "refitted"
 
 
 def test_the_pca_eigenvectors_are_the_leading_ones():

@@ -274,6 +274,32 @@ def test_without_the_mirror_a_server_searches_the_spaces_own_collection_with_sha
         reader.close()
 
 
+@pytest.mark.parametrize("mirror", [True, False], ids=["mirror", "milvus-lite"])
+def test_held_snapshots_and_their_stamp_follow_a_refit(tmp_path, monkeypatch, mirror):
+    """snapshot(held=True) gives every vector as held (projected), with the same cosines as the held reads, and
+    held_stamp changes when a refit moves them to other axes (what a cached map must notice)."""
+    monkeypatch.setattr(space_module, "PROJECT", 8)
+    raw = library(80, seed=17)
+    ids = [uuid.uuid4().hex for _ in range(80)]
+    store = VectorStore(str(tmp_path / "v.db"), mirror=mirror)
+    try:
+        store.ensure_collection("m", DIM, space=BLOCKS)
+        store.upsert("m", [(t, v, "h") for t, v in zip(ids[:40], raw[:40])])  # fitted over 40, projected to 8-d
+        stamp = store.held_stamp("m")
+        snap_ids, held = store.snapshot("m", held=True)
+        assert held.shape == (40, 8) and stamp is not None
+        have, some = store.stacked("m", list(snap_ids[:5]), held=True)
+        assert np.allclose(unit(some) @ unit(held).T, unit(held[:5]) @ unit(held).T, atol=1e-5)
+        store.upsert("m", [(t, v, "h") for t, v in zip(ids[40:], raw[40:])])  # doubled: refitted
+        assert store.held_stamp("m") != stamp and store.snapshot("m", held=True)[1].shape == (80, 8)
+    finally:
+        store.close()
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 @pytest.mark.slow
 def test_a_mirror_on_a_server_loads_the_spaces_own_collection_once_the_statistics_are_frozen(milvus_uri, monkeypatch):
     monkeypatch.setattr(space_module, "FREEZE", 100)

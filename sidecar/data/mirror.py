@@ -36,9 +36,9 @@ class Mirror:
         out = self._lift(self._mat[: len(self.ids)] if rows is None else self._mat[rows])
         return out.copy() if np.shares_memory(out, self._mat) else out
 
-    def held(self, rows: list[int]) -> np.ndarray:
+    def held(self, rows: list[int] | slice) -> np.ndarray:
         """These rows as held (projected: cosines among them are the space's), as a new array."""
-        return self._mat[rows]
+        return self._mat[rows].copy() if isinstance(rows, slice) else self._mat[rows]
 
     def put(self, ids: list[str], vectors: np.ndarray, *, settle: bool = True, held: bool = False) -> None:
         """Raw vectors in (transformed here with the space's current statistics), or with `held`, vectors

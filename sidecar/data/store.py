@@ -1,4 +1,5 @@
-"""Vectors in Milvus: one collection per embedder and dimension, primary key = track id, cosine metric.
+"""Vectors in Milvus: one collection per embedder and dimension, primary key = track id, cosine metric. A long
+module, as the one way to the vectors: every read and write, with and without the mirror, during upgrades.
 
 Writes are upserts keyed by track id (a replayed event leaves one row per track and model). Milvus Lite is the
 embedded default; a server URI is used as it is. Calls block: callers run them in a worker thread.
@@ -372,18 +373,30 @@ class VectorStore:
         with self._lock:
             return tuple(self.mirrors[model].ids)
 
-    def snapshot(self, model: str) -> tuple[tuple[str, ...], np.ndarray]:
-        """Every track id and its vector (in the model's space), in one consistent copy: for work over the whole
-        library."""
+    def snapshot(self, model: str, *, held: bool = False) -> tuple[tuple[str, ...], np.ndarray]:
+        """Every track id and its vector (in the model's space; `held`: as stacked's), in one consistent copy: for
+        work over the whole library."""
         if model not in self.mirrors:
             name, index = self._reader(model)
             parts = list(self.milvus.batches(name))
             ids = tuple(t for batch, _ in parts for t in batch)
             raw = np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self._dims[name]), np.float32)
-            return ids, (index.space.transform(raw) if index is not None else raw)
+            if index is None:
+                return ids, raw
+            return ids, (index.space.project(index.space.transform(raw)) if held else index.space.transform(raw))
         with self._lock:
             m = self.mirrors[model]
-            return tuple(m.ids), m.vectors()
+            return tuple(m.ids), (m.held(slice(0, len(m))) if held else m.vectors())
+
+    def held_stamp(self, model: str) -> object:
+        """What changes when the vectors `held` reads give move to other axes (the model's space refitted): work
+        that keeps held vectors compares only those of one stamp."""
+        if model not in self.mirrors:
+            index = self._reader(model)[1]
+            return index.key if index is not None else None
+        with self._lock:
+            space = self.mirrors[model].space
+            return None if space is None else (space.fitted_on, space.held_dim)
 
     def count(self, model: str) -> int:
         """How many vectors the model's current version has stored."""
