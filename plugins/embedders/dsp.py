@@ -340,14 +340,15 @@ class DspEmbedder(Embedder):
         mel = np.empty((N_MELS, n), np.float32)  # power
         chroma = np.empty((12, n), np.float32)
         for i in range(0, n, BLOCK_FRAMES):
-            S = self._magnitudes(frames[i : i + BLOCK_FRAMES])
+            block = slice(i, min(i + BLOCK_FRAMES, n))
+            S = self._magnitudes(frames[block])
             P = S * S
             # frame mean square of the (Hann-weighted) samples, by Parseval, as librosa.feature.rms does
-            frame_ms[i : i + len(P.T)] = (2.0 * P.sum(axis=0) - P[0] - P[-1]) / (N_FFT * self._win_power)
-            mel[:, i : i + len(P.T)] = self._mel_fb @ P
-            mag[i : i + len(S.T)] = S.sum(axis=0)
-            centroid_sum[i : i + len(S.T)] = self._freqs32 @ S
-            chroma[:, i : i + len(S.T)] = self._chroma_fb @ S
+            frame_ms[block] = (2.0 * P.sum(axis=0) - P[0] - P[-1]) / (N_FFT * self._win_power)
+            mel[:, block] = self._mel_fb @ P
+            mag[block] = S.sum(axis=0)
+            centroid_sum[block] = self._freqs32 @ S
+            chroma[:, block] = self._chroma_fb @ S
         active = _db(frame_ms) >= ACTIVE_DB
         if active.sum() < 2:
             active[:] = True

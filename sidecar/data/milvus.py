@@ -144,6 +144,14 @@ class Milvus:
         if not self.is_lite:
             self.client.query(name, filter="", output_fields=["count(*)"], **self.strong)
 
+    def _query_all(self, name: str, fields: list[str], where: str = "", batch_size: int = 8192) -> Iterator[list[dict]]:
+        """Every row that matches `where`, as written so far, a batch of dicts at a time (the caller holds the lock)."""
+        self._catch_up(name)
+        it = self.client.query_iterator(name, batch_size=batch_size, filter=where, output_fields=fields)
+        while batch := it.next():
+            yield batch
+        it.close()
+
     def ids(self, name: str) -> list[str]:
         """Every stored track id, duplicates included."""
         out: list[str] = []
@@ -152,11 +160,8 @@ class Milvus:
                 self.touched(name)
                 return [t for ids, _ in rows for t in ids]  # without loading it (Lite holds no duplicates)
             self.client.load_collection(name)
-            self._catch_up(name)
-            it = self.client.query_iterator(name, batch_size=1000, filter="", output_fields=[ID_FIELD])
-            while batch := it.next():
+            for batch in self._query_all(name, [ID_FIELD], batch_size=1000):
                 out += [r[ID_FIELD] for r in batch]
-            it.close()
         return out
 
     def batches(self, name: str, batch_size: int = 8192, below: str | None = None, where: str = "") -> Iterator[tuple[list[str], np.ndarray]]:
@@ -168,23 +173,14 @@ class Milvus:
                 self.touched(name)
                 yield from rows
                 return
-            self._catch_up(name)
             where = " and ".join(w for w in (f'{ID_FIELD} < "{below}"' if below else "", where) if w)
-            it = self.client.query_iterator(name, batch_size=batch_size, filter=where, output_fields=[ID_FIELD, VECTOR_FIELD])
-            while batch := it.next():
+            for batch in self._query_all(name, [ID_FIELD, VECTOR_FIELD], where, batch_size):
                 yield [r[ID_FIELD] for r in batch], np.array([r[VECTOR_FIELD] for r in batch], np.float32)
-            it.close()
 
     def keys(self, name: str) -> dict[str, str]:
         """Every stored track id and its HASH_FIELD."""
-        out: dict[str, str] = {}
         with self.lock:
-            self._catch_up(name)
-            it = self.client.query_iterator(name, batch_size=8192, filter="", output_fields=[ID_FIELD, HASH_FIELD])
-            while batch := it.next():
-                out.update((r[ID_FIELD], r[HASH_FIELD]) for r in batch)
-            it.close()
-        return out
+            return {r[ID_FIELD]: r[HASH_FIELD] for batch in self._query_all(name, [ID_FIELD, HASH_FIELD]) for r in batch}
 
     def fetch(self, name: str, track_ids: list[str], *, strong: bool = False) -> dict[str, np.ndarray]:
         """The tracks' vectors. `strong` waits until every write so far is visible (tenths of a second on a

@@ -26,7 +26,7 @@ class Mirror:
         return len(self.ids)
 
     def _held(self, raw: np.ndarray) -> np.ndarray:
-        return raw if self.space is None else self.space.project(self.space.transform(raw))
+        return raw if self.space is None else self.space.held(raw)
 
     def _lift(self, held: np.ndarray) -> np.ndarray:
         return held if self.space is None else self.space.lift(held)

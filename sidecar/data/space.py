@@ -93,6 +93,10 @@ class Space:
                 out[i : i + CHUNK, lo:hi] = y[:, lo:hi] * (self.coef[b] / np.where(norm > 0, norm, 1.0))[:, None]
         return out
 
+    def held(self, raw: np.ndarray) -> np.ndarray:
+        """Raw vectors (n, dim) -> as the mirror and the space index hold them: transformed, then projected."""
+        return self.project(self.transform(raw))
+
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """Transformed vectors (n, dim) -> (n, held_dim), for the mirror (cosines kept within the library's span)."""
         return vectors if self.basis is None else np.asarray(vectors, np.float32) @ self.basis

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sidecar.data.milvus import HASH_FIELD, ID_FIELD, VECTOR_FIELD, quoted
-from sidecar.data.space import CHUNK, Space
+from sidecar.data.space import Space
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from sidecar.data.milvus import Milvus
     from sidecar.data.mirror import Mirror
@@ -136,10 +136,7 @@ class SpaceIndex:
                 self._write(ids, raw)
 
     def _write(self, ids: list[str], raw: np.ndarray) -> None:
-        held = np.empty((len(ids), self.space.held_dim), np.float32)
-        for i in range(0, len(ids), CHUNK):
-            held[i : i + CHUNK] = self.space.project(self.space.transform(raw[i : i + CHUNK]))
-        data = [{ID_FIELD: t, VECTOR_FIELD: v.tolist(), HASH_FIELD: self.key} for t, v in zip(ids, held)]
+        data = [{ID_FIELD: t, VECTOR_FIELD: v.tolist(), HASH_FIELD: self.key} for t, v in zip(ids, self.space.held(raw))]
         with self.milvus.lock:
             self.milvus.client.upsert(self.vectors_name, data)
 
@@ -153,21 +150,13 @@ class SpaceIndex:
         """Per query (in the full space), the nearest tracks and their cosines, as the mirror gives them."""
         return self.milvus.search(self.vectors_name, self.space.project(queries), limit, where=f'{HASH_FIELD} == "{self.key}"')
 
-    def batches(self, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Every vector written with the current statistics, as held, a batch at a time."""
-        return self.milvus.batches(self.vectors_name, batch_size, where=f'{HASH_FIELD} == "{self.key}"')
-
     def fill(self, mirror: Mirror) -> None:
-        """A mirror in this (frozen) space, filled from this collection, then with the raw collection's tracks
-        it lacks (written by a process not yet on these statistics), less any the raw collection lost."""
-        for ids, held in self.batches(batch_size=min(8192, max(512, 2**21 // self.space.held_dim))):
+        """A mirror in this (frozen) space, filled from this collection. Called right after a refresh, which
+        wrote every track's vector with the current key and dropped those the raw collection lost; what is
+        written after that reaches the mirror as any later write does."""
+        size = min(8192, max(512, 2**21 // self.space.held_dim))  # pymilvus decodes about 2M floats at a time
+        for ids, held in self.milvus.batches(self.vectors_name, size, where=f'{HASH_FIELD} == "{self.key}"'):
             mirror.put(ids, held, settle=False, held=True)
-        have = set(self.milvus.ids(self.source))
-        mirror.remove([t for t in mirror.ids if t not in have])
-        missing = [t for t in have if t not in mirror.pos]
-        for i in range(0, len(missing), 1000):
-            if found := self.milvus.fetch(self.source, missing[i : i + 1000]):
-                mirror.put(list(found), np.stack(list(found.values())), settle=False)
 
     def held(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
         """Those of the tracks the collection has, in order, and their vectors as held (projected)."""

@@ -383,7 +383,7 @@ class VectorStore:
             raw = np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self._dims[name]), np.float32)
             if index is None:
                 return ids, raw
-            return ids, (index.space.project(index.space.transform(raw)) if held else index.space.transform(raw))
+            return ids, (index.space.held(raw) if held else index.space.transform(raw))
         with self._lock:
             m = self.mirrors[model]
             return tuple(m.ids), (m.held(slice(0, len(m))) if held else m.vectors())
