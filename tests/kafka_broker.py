@@ -91,8 +91,7 @@ def start_tansu(
         )
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [str(binary), "broker"], env=proc_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent() if sys.platform.startswith("linux") else None,
+                die_with_parent([str(binary), "broker"]), env=proc_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
         ready = False
@@ -157,8 +156,8 @@ class DurableBroker:
         endpoint = f"http://127.0.0.1:{port}"
         with open(self.log_dir / "moto.log", "wb") as log:
             self._moto = subprocess.Popen(
-                [str(moto_server), "-H", "127.0.0.1", "-p", str(port)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, preexec_fn=die_with_parent() if sys.platform.startswith("linux") else None,
+                die_with_parent([str(moto_server), "-H", "127.0.0.1", "-p", str(port)]), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not port_accepts(port):

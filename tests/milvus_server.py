@@ -31,7 +31,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -201,9 +200,8 @@ class MilvusStandalone:
                 # cwd = base: it reads configs/milvus.yaml relative to the working directory
                 self.proc = subprocess.Popen(
                     # -alias: its pid file becomes /run/milvus/standalone-ALIAS.pid, one per server
-                    [str(bindir / "milvus"), "run", "standalone", "-alias", f"test{self.port}"],
+                    die_with_parent([str(bindir / "milvus"), "run", "standalone", "-alias", f"test{self.port}"], signal.SIGKILL),
                     cwd=self.base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent(signal.SIGKILL) if sys.platform.startswith("linux") else None,
                 )
             if self._wait_ready(metrics_port, problems):
                 self.start_seconds = time.monotonic() - t0

@@ -20,7 +20,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -119,13 +118,12 @@ class PostgresServer:
             self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                    die_with_parent([str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                      "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.socket_dir}",
                      # durability is worthless in a throw-away test cluster; speed is not
                      "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                     "-c", "max_connections=100", "-c", "shared_buffers=32MB"],
-                    stdout=log, stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent(signal.SIGQUIT) if sys.platform.startswith("linux") else None, **self._popen_kwargs(),
+                     "-c", "max_connections=100", "-c", "shared_buffers=32MB"], signal.SIGQUIT),
+                    stdout=log, stderr=subprocess.STDOUT, **self._popen_kwargs(),
                 )
             if self._wait_ready(problems):
                 break

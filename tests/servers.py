@@ -2,8 +2,10 @@
 probe, the tail of a log for an error message, and dying with the test process."""
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
+import sys
 from pathlib import Path
 
 
@@ -28,15 +30,12 @@ def tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
-def die_with_parent(sig: int = signal.SIGTERM):
-    """A preexec_fn: in the child, before exec, get `sig` when the test process dies, even by SIGKILL (Linux)."""
-
-    def setup() -> None:
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001 - best effort; the fixtures stop their servers anyway
-            pass
-
-    return setup
+def die_with_parent(cmd: list[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`cmd`, made to get `sig` when the test process dies, even by SIGKILL (Linux: util-linux's setpriv sets
+    PR_SET_PDEATHSIG and execs it, so the pid is the server's). Not a preexec_fn: Python code between fork and
+    exec can deadlock in a process with threads (gRPC's, Milvus Lite's), and did (a moto_server child hung
+    before exec, a test failed at set-up). Elsewhere `cmd` as it is: the fixtures stop their servers anyway."""
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None:
+        return cmd
+    return [setpriv, f"--pdeathsig={signal.Signals(sig).name}", "--", *cmd]
